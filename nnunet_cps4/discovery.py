@@ -1,0 +1,42 @@
+"""How stock nnU-Net finds the plugin's trainers.
+
+`nnUNetv2_train -tr NAME` and `nnUNetv2_predict` look a trainer up by name, first inside nnunetv2, then in every
+folder listed in the environment variable `nnUNet_extTrainer` (os.pathsep-separated). nnU-Net imports every module
+of such a folder as a top-level module and forgets them afterwards, so we point it at a folder that holds only a
+uniquely named shim module (`nnunet_ext_trainers/nnunet_cps4_trainers.py`) re-exporting the trainer classes,
+which themselves live in the installed package. Never point it at the package folder (relative imports break)
+or at site-packages (nnU-Net would import everything there).
+
+`nnUNetv2_cps4_ext_trainer_path` prints that folder; `--export` prints a shell line that appends it to whatever
+`nnUNet_extTrainer` already holds, so a user's own trainer folders keep working beside ours.
+"""
+import argparse
+import os
+from typing import Optional, Sequence
+
+ENV_VAR = "nnUNet_extTrainer"
+EXT_TRAINER_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nnunet_ext_trainers")
+
+
+def ext_trainer_value(current: Optional[str] = None) -> str:
+    """`nnUNet_extTrainer` value with our folder appended to `current` (default: the environment's)."""
+    if current is None:
+        current = os.environ.get(ENV_VAR, "")
+    entries = [p for p in current.split(os.pathsep) if p.strip()]
+    if not any(os.path.abspath(p) == EXT_TRAINER_FOLDER for p in entries):
+        entries.append(EXT_TRAINER_FOLDER)
+    return os.pathsep.join(entries)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_cps4_ext_trainer_path",
+        description="Print the folder to add to nnUNet_extTrainer so that nnUNetv2_train/nnUNetv2_predict find "
+                    "the nnunet-cps4 trainers. Typical use: eval \"$(nnUNetv2_cps4_ext_trainer_path --export)\"")
+    parser.add_argument("--export", action="store_true",
+                        help="print 'export nnUNet_extTrainer=...' with our folder appended to the current value")
+    args = parser.parse_args(argv)
+    if args.export:
+        print(f"export {ENV_VAR}='{ext_trainer_value()}'")
+    else:
+        print(EXT_TRAINER_FOLDER)

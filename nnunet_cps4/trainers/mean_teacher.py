@@ -1,0 +1,306 @@
+"""`nnUNetTrainerMeanTeacher`: nnU-Net with an EMA teacher that pseudo-labels unlabeled images.
+
+Each training step draws a labeled batch and an unlabeled batch from nnU-Net's own loader and augmentation. The
+student (nnU-Net's network) is trained with nnU-Net's Dice+CE loss with deep supervision on the labeled batch,
+plus lambda(t) times the same loss against pseudo labels on the unlabeled batch. The teacher is an exponential
+moving average of the student, alpha = min(1 - 1/(step + 1), ema_decay) (the predecessor code's rule), and
+predicts the pseudo labels (hard argmax) on the same augmented unlabeled batch.
+
+Everything semi-supervised is a class attribute, so a variant is a two-line subclass. Checkpoints keep nnU-Net's
+contract: `network_weights` is the student alone (stock `nnUNetv2_predict` loads it strictly); the teacher and
+the step counter go under the extra key `cps4_state`, so `--c` resumes with the same teacher and ramp.
+
+This trainer is also the base of CPS4 (`nnunet_cps4.trainers.cps4`), which only changes `make_pseudo_labels`.
+"""
+import os
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import autocast, nn
+from torch import distributed as dist
+from torch._dynamo import OptimizedModule
+import torch.nn.functional as F
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+
+from nnunet_cps4.errors import CPS4Error
+from nnunet_cps4.trainers.schedules import ScheduleMixin, SmokeSchedule
+
+EXTRA_CHECKPOINT_KEY = "cps4_state"
+
+
+def sigmoid_rampup(progress: float) -> float:
+    """exp(-5 (1 - p)^2) for p in [0, 1] (Laine & Aila; the usual mean-teacher ramp), 1 after."""
+    p = float(np.clip(progress, 0.0, 1.0))
+    return float(np.exp(-5.0 * (1.0 - p) ** 2))
+
+
+def labels_like_outputs(labels: torch.Tensor, outputs) -> List[torch.Tensor]:
+    """Nearest-neighbour copies of a (B, 1, *S) label map at each deep-supervision output's resolution."""
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    result = []
+    for o in outputs:
+        if tuple(o.shape[2:]) == tuple(labels.shape[2:]):
+            result.append(labels)
+        else:
+            result.append(F.interpolate(labels.float(), size=o.shape[2:], mode="nearest").to(labels.dtype))
+    return result
+
+
+class nnUNetTrainerMeanTeacher(nnUNetTrainer):
+    # --- semi-supervised settings; variants override these class attributes -----------------------------
+    ema_decay: float = 0.99              # teacher alpha = min(1 - 1/(step + 1), ema_decay)
+    unlabeled_weight: float = 1.0        # lambda_max, the weight of the unlabeled loss after the ramp
+    rampup_fraction: float = 0.4         # lambda ramps up (sigmoid-shaped) over this fraction of all epochs
+    unlabeled_batch_size: Optional[int] = None  # None: same as the labeled batch size of the plans
+    # keys logged every epoch (mean over the epoch's steps) and plotted in progress_semi_supervised.png
+    ssl_log_keys: Tuple[str, ...] = ("ssl_lambda", "supervised_loss", "unlabeled_loss", "teacher_confidence")
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.teacher: Optional[nn.Module] = None
+        self.global_step = 0
+        self.dataloader_unlabeled = None
+        self.unlabeled_folder = None
+        # nnU-Net's logger only accepts keys it knows; every key must then be logged once per epoch
+        for key in self.ssl_log_keys:
+            self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
+
+    # --- set-up ------------------------------------------------------------------------------------------
+    def initialize(self):
+        if self.label_manager.has_regions:
+            raise CPS4Error(f"dataset.json of {self.plans_manager.dataset_name} defines regions; the "
+                            f"semi-supervised trainers support plain label maps only. Fix: use nnUNetTrainer")
+        if self.is_cascaded:
+            raise CPS4Error(f"configuration {self.configuration_name} is a cascade stage; the semi-supervised "
+                            f"trainers support 2d and 3d_fullres. Fix: train 2d or 3d_fullres")
+        super().initialize()
+        self.teacher = self.build_network_architecture(
+            self.plans_manager, self.configuration_manager, self.num_input_channels,
+            self.label_manager.num_segmentation_heads, enable_deep_supervision=False).to(self.device)
+        self.teacher.load_state_dict(self.unwrapped_student().state_dict())
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        self.logger.update_config({"semi_supervised": self.ssl_settings()})
+
+    def ssl_settings(self) -> dict:
+        return {k: getattr(self, k) for k in ("ema_decay", "unlabeled_weight", "rampup_fraction",
+                                               "unlabeled_batch_size")}
+
+    def unwrapped_student(self) -> nn.Module:
+        """The student without DDP / torch.compile wrappers (the module whose weights nnU-Net saves)."""
+        mod = self.network.module if self.is_ddp else self.network
+        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+    def do_split(self):
+        if self.fold != "all":
+            splits_file = os.path.join(self.preprocessed_dataset_folder_base, "splits_final.json")
+            n_labeled = len(self.dataset_class.get_identifiers(self.preprocessed_dataset_folder)) \
+                if self.dataset_class is not None else None
+            if not os.path.isfile(splits_file) and n_labeled is not None and n_labeled < 5:
+                raise CPS4Error(
+                    f"{self.plans_manager.dataset_name} has {n_labeled} labeled case(s), too few for nnU-Net's "
+                    f"5-fold cross-validation (fold {self.fold}). Fix: train fold 'all' (all labeled cases, "
+                    f"e.g. nnUNetv2_train ... 2d all -tr {self.__class__.__name__}) or write your own "
+                    f"{splits_file}")
+        return super().do_split()
+
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        # unlabeled images are preprocessed once (rank 0) before any rank builds its loaders
+        if self.local_rank == 0:
+            from nnunet_cps4.unlabeled import ensure_unlabeled_preprocessed
+            ensure_unlabeled_preprocessed(self.plans_manager, self.configuration_manager, self.configuration_name,
+                                          self.dataset_json, num_processes=int(os.environ.get("nnUNet_def_n_proc",
+                                                                                              2)))
+        if self.is_ddp:
+            dist.barrier()
+        super().on_train_start()
+
+    def get_dataloaders(self):
+        dl_tr, dl_val = super().get_dataloaders()
+        self.dataloader_unlabeled = self.get_unlabeled_dataloader()
+        next(self.dataloader_unlabeled)
+        return dl_tr, dl_val
+
+    def get_unlabeled_dataloader(self):
+        from nnunet_cps4.unlabeled import build_unlabeled_dataloader, unlabeled_folder_name
+
+        self.unlabeled_folder = os.path.join(self.preprocessed_dataset_folder_base,
+                                             unlabeled_folder_name(self.configuration_manager.data_identifier))
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        # the same augmentation as the labeled batch; no deep-supervision targets (pseudo labels are made later)
+        transforms = self.get_training_transforms(
+            self.configuration_manager.patch_size, rotation, None, mirror_axes, dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=False,
+            foreground_labels=self.label_manager.foreground_labels, regions=None,
+            ignore_label=self.label_manager.ignore_label)
+        batch_size = self.unlabeled_batch_size or self.batch_size
+        return build_unlabeled_dataloader(self.unlabeled_folder, self.dataset_class, batch_size,
+                                          initial_patch_size, self.configuration_manager.patch_size,
+                                          self.label_manager, transforms, get_allowed_n_proc_DA(),
+                                          pin_memory=self.device.type == "cuda")
+
+    def on_train_end(self):
+        super().on_train_end()
+        if self.dataloader_unlabeled is not None and hasattr(self.dataloader_unlabeled, "_finish"):
+            self.dataloader_unlabeled._finish()
+
+    # --- one step ------------------------------------------------------------------------------------------
+    def current_unlabeled_weight(self) -> float:
+        """lambda(t): unlabeled_weight times the sigmoid ramp over rampup_fraction of the schedule."""
+        rampup_epochs = self.rampup_fraction * self.num_epochs
+        if rampup_epochs <= 0:
+            return float(self.unlabeled_weight)
+        epoch_progress = self.global_step / max(1, self.num_iterations_per_epoch)
+        return float(self.unlabeled_weight) * sigmoid_rampup(epoch_progress / rampup_epochs)
+
+    @torch.no_grad()
+    def make_pseudo_labels(self, unlabeled_data: torch.Tensor, teacher_logits: torch.Tensor
+                           ) -> Tuple[Dict[str, Tuple[float, torch.Tensor]], Dict[str, float]]:
+        """Targets for the student on the unlabeled batch: {name: (weight, labels (B, 1, *S))}, and statistics.
+
+        The mean teacher uses the teacher's argmax with weight 1; CPS4 overrides this.
+        """
+        probs = torch.softmax(teacher_logits.float(), 1)
+        confidence, labels = probs.max(1, keepdim=True)
+        return {"teacher": (1.0, labels)}, {"teacher_confidence": confidence.mean().item()}
+
+    @torch.no_grad()
+    def update_teacher(self) -> None:
+        alpha = min(1.0 - 1.0 / (self.global_step + 1), self.ema_decay)
+        student = self.unwrapped_student()
+        t_params = list(self.teacher.parameters())
+        s_params = [p.detach() for p in student.parameters()]
+        torch._foreach_mul_(t_params, alpha)
+        torch._foreach_add_(t_params, s_params, alpha=1.0 - alpha)
+        for t_buf, s_buf in zip(self.teacher.buffers(), student.buffers()):
+            t_buf.copy_(s_buf)
+
+    def train_step(self, batch: dict) -> dict:
+        # Replaced as a whole (nnU-Net's train_step steps the optimizer itself); the tail mirrors the base.
+        unlabeled = next(self.dataloader_unlabeled)
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        data_u = unlabeled["data"].to(self.device, non_blocking=True)
+        n_labeled = data.shape[0]
+        lam = self.current_unlabeled_weight()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            with torch.no_grad():
+                teacher_logits = self.teacher(data_u)
+            pseudo_targets, stats = self.make_pseudo_labels(data_u, teacher_logits)
+            # one student pass over both batches (nnU-Net's instance norm keeps samples independent)
+            output = self.network(torch.cat((data, data_u)))
+            outputs = output if isinstance(output, (list, tuple)) else [output]
+            out_l = [o[:n_labeled] for o in outputs]
+            out_u = [o[n_labeled:] for o in outputs]
+            if not self.enable_deep_supervision:
+                out_l, out_u = out_l[0], out_u[0]
+            supervised = self.loss(out_l, target)
+            unlabeled_loss = sum(w * self.loss(out_u, self._ds_targets(labels, out_u))
+                                 for w, labels in pseudo_targets.values())
+            total = supervised + lam * unlabeled_loss
+
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(total).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        self.update_teacher()
+        self.global_step += 1
+        return {"loss": total.detach().cpu().numpy(), "ssl_lambda": lam,
+                "supervised_loss": supervised.detach().cpu().numpy(),
+                "unlabeled_loss": unlabeled_loss.detach().cpu().numpy(), **stats}
+
+    def _ds_targets(self, labels: torch.Tensor, outputs):
+        return labels_like_outputs(labels, outputs) if self.enable_deep_supervision else labels
+
+    # --- logging -------------------------------------------------------------------------------------------
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        collated = collate_outputs(train_outputs)
+        for key in self.ssl_log_keys:
+            value = float(np.mean(collated[key])) if key in collated else float("nan")
+            if self.is_ddp:
+                gathered = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, value)
+                value = float(np.nanmean(gathered))
+            self.logger.log(key, value, self.current_epoch)
+
+    def on_epoch_end(self):
+        epoch = self.current_epoch
+        self.print_to_log_file("semi-supervised: " + ", ".join(
+            f"{k} {self.logger.get_value(k, step=-1):.4f}" for k in self.ssl_log_keys))
+        super().on_epoch_end()
+        if self.local_rank == 0:
+            from nnunet_cps4.plots import plot_semi_supervised_progress
+            plot_semi_supervised_progress(self.logger.local_logger.my_fantastic_logging, self.ssl_log_keys,
+                                          os.path.join(self.output_folder, "progress_semi_supervised.png"),
+                                          epoch)
+
+    # --- checkpoints ---------------------------------------------------------------------------------------
+    def extra_checkpoint_state(self) -> dict:
+        return {"teacher_weights": self.teacher.state_dict(), "global_step": self.global_step,
+                "settings": self.ssl_settings()}
+
+    def load_extra_checkpoint_state(self, state: Optional[dict]) -> None:
+        if state is None:
+            self.print_to_log_file("Checkpoint has no teacher (not written by a semi-supervised trainer); the "
+                                   "teacher starts from the student")
+            self.teacher.load_state_dict(self.unwrapped_student().state_dict())
+            self.global_step = self.current_epoch * self.num_iterations_per_epoch
+        else:
+            self.teacher.load_state_dict(state["teacher_weights"])
+            self.global_step = int(state["global_step"])
+
+    def save_checkpoint(self, filename: str) -> None:
+        # nnU-Net writes its checkpoint dict in one go; we add our state to the file it wrote rather than copy
+        # its checkpoint code (one extra load/save of a file of a few MB, only when a checkpoint is written).
+        super().save_checkpoint(filename)
+        if self.local_rank == 0 and not self.disable_checkpointing:
+            checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+            checkpoint[EXTRA_CHECKPOINT_KEY] = self.extra_checkpoint_state()
+            torch.save(checkpoint, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
+            torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        self.load_extra_checkpoint_state(checkpoint.get(EXTRA_CHECKPOINT_KEY))
+
+
+# --- schedule variants, named as nnU-Net names its own (nnUNetTrainer_5epochs, ...) ---------------------------
+class nnUNetTrainerMeanTeacher_5epochs(ScheduleMixin, nnUNetTrainerMeanTeacher):
+    schedule_epochs = 5
+
+
+class nnUNetTrainerMeanTeacher_10epochs(ScheduleMixin, nnUNetTrainerMeanTeacher):
+    schedule_epochs = 10
+
+
+class nnUNetTrainerMeanTeacher_50epochs(ScheduleMixin, nnUNetTrainerMeanTeacher):
+    schedule_epochs = 50
+
+
+class nnUNetTrainerMeanTeacher_100epochs(ScheduleMixin, nnUNetTrainerMeanTeacher):
+    schedule_epochs = 100
+
+
+class nnUNetTrainerMeanTeacher_smoke(SmokeSchedule, nnUNetTrainerMeanTeacher):
+    """2 epochs x 10 iterations, 2 validation iterations, a checkpoint every epoch: for tests and checks."""
