@@ -40,6 +40,8 @@ setup(
             "nnUNetv2_cps4_make_phantom=nnunet_cps4.phantom:main",
             "nnUNetv2_cps4_convert_mrspineseg=nnunet_cps4.convert:main_mrspineseg",
             "nnUNetv2_cps4_split_labeled=nnunet_cps4.convert:main_split",
+            "nnUNetv2_cps4_pretrain_vlm=nnunet_cps4.pretrain_vlm:main",
+            "nnUNetv2_cps4_predict_vlm=nnunet_cps4.vlm_inference:main",
             "nnUNetv2_cps4_demo=nnunet_cps4.demo:main",
         ]
     },

@@ -245,3 +245,18 @@ def labels_to_probabilities(
             )
     onehot = torch.nn.functional.one_hot(fused.long(), num_classes_incl_bg)  # (B, *S, K)
     return onehot.movedim(-1, 1).to(dtype)
+
+
+@torch.no_grad()
+def text_probabilities(fused: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """The VLM's vote as class probabilities, (B, C + 1, *S), for refining the teacher's pseudo labels.
+
+    One entry per pixel is non-zero: the fused class k gets its own score p_k; a background pixel gets
+    1 - max_c p_c. Stage (ii) takes argmax(softmax(teacher) + w * this): where the VLM is confident it decides,
+    where it is unsure a confident teacher wins.
+    """
+    _check_scores(scores)
+    background = 1 - scores.max(dim=1, keepdim=True)[0]
+    stacked = torch.cat((background, scores), dim=1)
+    return labels_to_probabilities(fused, scores.shape[1] + 1, dtype=scores.dtype) * \
+        stacked.gather(1, fused.long().unsqueeze(1))

@@ -272,12 +272,9 @@ def _parse_open_clip(spec: str, origin: str) -> Tuple[str, Optional[str]]:
     return name, pretrained
 
 
-def build_text_encoder(spec: Optional[str] = None, device="cpu") -> TextEncoder:
-    """A frozen text encoder from a spec (see the module docstring).
-
-    spec None -> environment variable nnUNet_cps4_text_encoder if set, else DEFAULT_TEXT_ENCODER.
-    device: where the model runs; embeddings are always returned on the CPU.
-    """
+def resolve_text_encoder_spec(spec: Optional[str] = None) -> Tuple[str, str]:
+    """(spec, origin) without loading anything: spec None -> environment variable nnUNet_cps4_text_encoder if
+    set, else DEFAULT_TEXT_ENCODER. Lets a trainer compare the spec with a checkpoint's before loading a model."""
     origin = "argument"
     if spec is None:
         env = os.environ.get(TEXT_ENCODER_ENV, "").strip()
@@ -285,7 +282,16 @@ def build_text_encoder(spec: Optional[str] = None, device="cpu") -> TextEncoder:
                                                                                        "default")
     if not isinstance(spec, str) or not spec.strip():
         raise CPS4Error(f"text encoder spec must be a non-empty string, got {spec!r}. Fix: {_SPEC_HELP}")
-    spec = spec.strip()
+    return spec.strip(), origin
+
+
+def build_text_encoder(spec: Optional[str] = None, device="cpu") -> TextEncoder:
+    """A frozen text encoder from a spec (see the module docstring).
+
+    spec None -> environment variable nnUNet_cps4_text_encoder if set, else DEFAULT_TEXT_ENCODER.
+    device: where the model runs; embeddings are always returned on the CPU.
+    """
+    spec, origin = resolve_text_encoder_spec(spec)
     if spec.startswith(HF_PREFIX):
         source, pooling, local = _parse_hf(spec, origin)
         return HFTextEncoder(spec, source, pooling=pooling, local_files_only=local, device=device, origin=origin)

@@ -13,10 +13,10 @@ def write_image(array: np.ndarray, path: str, spacing=(1.0, 1.0, 3.0)) -> None:
 
 
 def make_toy_dataset(raw_root: str, dataset_id: int = 501, n_labeled: int = 5, n_unlabeled: int = 4,
-                     n_channels: int = 1, shape=(4, 32, 16), seed: int = 0) -> str:
-    """Two box-shaped classes on noise; labeled cases c*, unlabeled u*. Returns the dataset folder."""
+                     n_channels: int = 1, shape=(4, 32, 16), seed: int = 0, n_test: int = 0) -> str:
+    """Two box-shaped classes on noise; labeled cases c*, unlabeled u*, test t*. Returns the dataset folder."""
     folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_Toy")
-    for sub in ("imagesTr", "labelsTr", "imagesUnlabeled"):
+    for sub in ("imagesTr", "labelsTr", "imagesUnlabeled", "imagesTs", "labelsTs"):
         os.makedirs(os.path.join(folder, sub), exist_ok=True)
     rng = np.random.default_rng(seed)
 
@@ -29,15 +29,14 @@ def make_toy_dataset(raw_root: str, dataset_id: int = 501, n_labeled: int = 5, n
             image[:, :, y:y + 6, x:x + 4] += value
         return image, label
 
-    for i in range(n_labeled + n_unlabeled):
+    for i in range(n_labeled + n_unlabeled + n_test):
         image, label = case()
-        labeled = i < n_labeled
-        case_id = f"c{i}" if labeled else f"u{i}"
-        image_folder = "imagesTr" if labeled else "imagesUnlabeled"
+        role = "Tr" if i < n_labeled else "Unlabeled" if i < n_labeled + n_unlabeled else "Ts"
+        case_id = {"Tr": "c", "Unlabeled": "u", "Ts": "t"}[role] + str(i)
         for c in range(n_channels):
-            write_image(image[c], os.path.join(folder, image_folder, f"{case_id}_{c:04d}.nii.gz"))
-        if labeled:
-            write_image(label, os.path.join(folder, "labelsTr", f"{case_id}.nii.gz"))
+            write_image(image[c], os.path.join(folder, f"images{role}", f"{case_id}_{c:04d}.nii.gz"))
+        if role != "Unlabeled":
+            write_image(label, os.path.join(folder, f"labels{role}", f"{case_id}.nii.gz"))
     with open(os.path.join(folder, "dataset.json"), "w") as f:
         json.dump({"channel_names": {str(c): f"MR{c}" for c in range(n_channels)},
                    "labels": {"background": 0, "a": 1, "b": 2}, "numTraining": n_labeled,

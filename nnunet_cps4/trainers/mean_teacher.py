@@ -11,16 +11,16 @@ contract: `network_weights` is the student alone (stock `nnUNetv2_predict` loads
 the step counter go under the extra key `cps4_state`, so `--c` resumes with the same teacher and ramp.
 
 This trainer is also the base of CPS4 (`nnunet_cps4.trainers.cps4`), which only changes `make_pseudo_labels`.
+Schedule variants (nnUNetTrainerMeanTeacher_5epochs, _smoke, ...) are generated in `variants`.
 """
 import os
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import autocast, nn
 from torch import distributed as dist
-from torch._dynamo import OptimizedModule
-import torch.nn.functional as F
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
@@ -28,9 +28,8 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_cps4.errors import CPS4Error
-from nnunet_cps4.trainers.schedules import ScheduleMixin, SmokeSchedule
-
-EXTRA_CHECKPOINT_KEY = "cps4_state"
+from nnunet_cps4.trainers.common import (ExtraCheckpointStateMixin, FoldGuardMixin, backward_and_step,
+                                        register_log_keys, unwrap)
 
 
 def sigmoid_rampup(progress: float) -> float:
@@ -51,7 +50,7 @@ def labels_like_outputs(labels: torch.Tensor, outputs) -> List[torch.Tensor]:
     return result
 
 
-class nnUNetTrainerMeanTeacher(nnUNetTrainer):
+class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrainer):
     # --- semi-supervised settings; variants override these class attributes -----------------------------
     ema_decay: float = 0.99              # teacher alpha = min(1 - 1/(step + 1), ema_decay)
     unlabeled_weight: float = 1.0        # lambda_max, the weight of the unlabeled loss after the ramp
@@ -67,9 +66,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainer):
         self.global_step = 0
         self.dataloader_unlabeled = None
         self.unlabeled_folder = None
-        # nnU-Net's logger only accepts keys it knows; every key must then be logged once per epoch
-        for key in self.ssl_log_keys:
-            self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
+        register_log_keys(self, self.ssl_log_keys)
 
     # --- set-up ------------------------------------------------------------------------------------------
     def initialize(self):
@@ -94,21 +91,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainer):
 
     def unwrapped_student(self) -> nn.Module:
         """The student without DDP / torch.compile wrappers (the module whose weights nnU-Net saves)."""
-        mod = self.network.module if self.is_ddp else self.network
-        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
-
-    def do_split(self):
-        if self.fold != "all":
-            splits_file = os.path.join(self.preprocessed_dataset_folder_base, "splits_final.json")
-            n_labeled = len(self.dataset_class.get_identifiers(self.preprocessed_dataset_folder)) \
-                if self.dataset_class is not None else None
-            if not os.path.isfile(splits_file) and n_labeled is not None and n_labeled < 5:
-                raise CPS4Error(
-                    f"{self.plans_manager.dataset_name} has {n_labeled} labeled case(s), too few for nnU-Net's "
-                    f"5-fold cross-validation (fold {self.fold}). Fix: train fold 'all' (all labeled cases, "
-                    f"e.g. nnUNetv2_train ... 2d all -tr {self.__class__.__name__}) or write your own "
-                    f"{splits_file}")
-        return super().do_split()
+        return unwrap(self.network)
 
     def on_train_start(self):
         if not self.was_initialized:
@@ -174,6 +157,14 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainer):
         return {"teacher": (1.0, labels)}, {"teacher_confidence": confidence.mean().item()}
 
     @torch.no_grad()
+    def labeled_batch_stats(self, data: torch.Tensor, target: torch.Tensor) -> Dict[str, float]:
+        """Extra per-step statistics on the labeled batch (full-resolution target); CPS4 adds the VLM's Dice.
+
+        A key must be returned at every step (NaN when not measured): epochs average with nanmean.
+        """
+        return {}
+
+    @torch.no_grad()
     def update_teacher(self) -> None:
         alpha = min(1.0 - 1.0 / (self.global_step + 1), self.ema_decay)
         student = self.unwrapped_student()
@@ -185,7 +176,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainer):
             t_buf.copy_(s_buf)
 
     def train_step(self, batch: dict) -> dict:
-        # Replaced as a whole (nnU-Net's train_step steps the optimizer itself); the tail mirrors the base.
+        # Replaced as a whole: nnU-Net's train_step computes one loss and steps the optimizer itself.
         unlabeled = next(self.dataloader_unlabeled)
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
@@ -208,20 +199,14 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainer):
             if not self.enable_deep_supervision:
                 out_l, out_u = out_l[0], out_u[0]
             supervised = self.loss(out_l, target)
-            unlabeled_loss = sum(w * self.loss(out_u, self._ds_targets(labels, out_u))
-                                 for w, labels in pseudo_targets.values())
+            unlabeled_loss = torch.zeros((), device=self.device)
+            for weight, labels in pseudo_targets.values():
+                if weight != 0:
+                    unlabeled_loss = unlabeled_loss + weight * self.loss(out_u, self._ds_targets(labels, out_u))
             total = supervised + lam * unlabeled_loss
+        stats.update(self.labeled_batch_stats(data, target[0] if isinstance(target, list) else target))
 
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(total).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
+        backward_and_step(self, total)
         self.update_teacher()
         self.global_step += 1
         return {"loss": total.detach().cpu().numpy(), "ssl_lambda": lam,
@@ -236,7 +221,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainer):
         super().on_train_epoch_end(train_outputs)
         collated = collate_outputs(train_outputs)
         for key in self.ssl_log_keys:
-            value = float(np.mean(collated[key])) if key in collated else float("nan")
+            value = float(np.nanmean(collated[key])) if key in collated and not np.all(np.isnan(collated[key])) \
+                else float("nan")
             if self.is_ddp:
                 gathered = [None] * dist.get_world_size()
                 dist.all_gather_object(gathered, value)
@@ -268,39 +254,3 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainer):
         else:
             self.teacher.load_state_dict(state["teacher_weights"])
             self.global_step = int(state["global_step"])
-
-    def save_checkpoint(self, filename: str) -> None:
-        # nnU-Net writes its checkpoint dict in one go; we add our state to the file it wrote rather than copy
-        # its checkpoint code (one extra load/save of a file of a few MB, only when a checkpoint is written).
-        super().save_checkpoint(filename)
-        if self.local_rank == 0 and not self.disable_checkpointing:
-            checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
-            checkpoint[EXTRA_CHECKPOINT_KEY] = self.extra_checkpoint_state()
-            torch.save(checkpoint, filename)
-
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
-            torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
-        self.load_extra_checkpoint_state(checkpoint.get(EXTRA_CHECKPOINT_KEY))
-
-
-# --- schedule variants, named as nnU-Net names its own (nnUNetTrainer_5epochs, ...) ---------------------------
-class nnUNetTrainerMeanTeacher_5epochs(ScheduleMixin, nnUNetTrainerMeanTeacher):
-    schedule_epochs = 5
-
-
-class nnUNetTrainerMeanTeacher_10epochs(ScheduleMixin, nnUNetTrainerMeanTeacher):
-    schedule_epochs = 10
-
-
-class nnUNetTrainerMeanTeacher_50epochs(ScheduleMixin, nnUNetTrainerMeanTeacher):
-    schedule_epochs = 50
-
-
-class nnUNetTrainerMeanTeacher_100epochs(ScheduleMixin, nnUNetTrainerMeanTeacher):
-    schedule_epochs = 100
-
-
-class nnUNetTrainerMeanTeacher_smoke(SmokeSchedule, nnUNetTrainerMeanTeacher):
-    """2 epochs x 10 iterations, 2 validation iterations, a checkpoint every epoch: for tests and checks."""

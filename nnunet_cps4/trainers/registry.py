@@ -3,13 +3,13 @@
 Importing this must stay light (nnU-Net imports it at predict time): trainer modules import their text/VLM
 stack lazily.
 """
-from nnunet_cps4.trainers.mean_teacher import (  # noqa: F401
-    nnUNetTrainerMeanTeacher,
-    nnUNetTrainerMeanTeacher_5epochs,
-    nnUNetTrainerMeanTeacher_10epochs,
-    nnUNetTrainerMeanTeacher_50epochs,
-    nnUNetTrainerMeanTeacher_100epochs,
-    nnUNetTrainerMeanTeacher_smoke,
-)
+from nnunet_cps4.trainers.cps4 import (  # noqa: F401
+    nnUNetTrainerCPS4, nnUNetTrainerCPS4_noPixelLoss, nnUNetTrainerCPS4_noText, nnUNetTrainerCPS4_noTokenLoss,
+    nnUNetTrainerCPS4_randomText, nnUNetTrainerCPS4_textOnly)
+from nnunet_cps4.trainers.mean_teacher import nnUNetTrainerMeanTeacher  # noqa: F401
+from nnunet_cps4.trainers.variants import *  # noqa: F401,F403
+from nnunet_cps4.trainers.vlm_pretraining import (  # noqa: F401
+    nnUNetTrainerCPS4VLM, nnUNetTrainerCPS4VLM_noPixelLoss, nnUNetTrainerCPS4VLM_noTokenLoss,
+    nnUNetTrainerCPS4VLM_randomText, nnUNetTrainerCPS4VLM_vit)
 
-__all__ = [name for name in dir() if name.startswith("nnUNetTrainer")]
+__all__ = sorted(name for name in dir() if name.startswith("nnUNetTrainer"))

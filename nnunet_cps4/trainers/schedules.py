@@ -1,13 +1,28 @@
 """Training-length settings as class attributes, so a schedule variant is a one-line subclass.
 
 nnU-Net sets its schedule inside `nnUNetTrainer.__init__` (1000 epochs x 250 iterations, 50 validation
-iterations), which is days on a CPU. A trainer that mixes this in and sets any of the attributes below gets
-them applied right after nnU-Net's constructor. The constructor keeps nnU-Net's exact signature (nnU-Net records
-its init arguments and rejects extra ones).
+iterations), which is days on a CPU. A trainer that mixes `ScheduleMixin` in and sets any of its attributes
+gets them applied right after nnU-Net's constructor. The constructor keeps nnU-Net's exact signature (nnU-Net
+records its init arguments and rejects extra ones).
+
+`SCHEDULES` names the schedules for which `nnunet_cps4.trainers.variants` generates a variant of every trainer
+family (e.g. nnUNetTrainerCPS4_smoke, nnUNetTrainerMeanTeacher_50epochs), so that methods compared side by side
+share one schedule by construction.
 """
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
+
+SCHEDULES: Dict[str, dict] = {
+    # tests and quick checks: 2 epochs x 10 iterations, 2 validation iterations, a checkpoint every epoch
+    "smoke": dict(epochs=2, iterations_per_epoch=10, val_iterations_per_epoch=2, save_every=1),
+    # nnU-Net's own lengths (250 iterations per epoch)
+    "5epochs": dict(epochs=5),
+    "10epochs": dict(epochs=10),
+    "50epochs": dict(epochs=50),
+    "100epochs": dict(epochs=100),
+    "250epochs": dict(epochs=250),
+}
 
 
 class ScheduleMixin:
@@ -27,9 +42,6 @@ class ScheduleMixin:
                 setattr(self, attribute, int(value))
 
 
-class SmokeSchedule(ScheduleMixin):
-    """2 epochs x 10 iterations, 2 validation iterations, a checkpoint every epoch: for tests and checks."""
-    schedule_epochs = 2
-    schedule_iterations_per_epoch = 10
-    schedule_val_iterations_per_epoch = 2
-    schedule_save_every = 1
+def schedule_attributes(name: str) -> dict:
+    """Class attributes of ScheduleMixin for a named schedule."""
+    return {f"schedule_{k}": v for k, v in SCHEDULES[name].items()}

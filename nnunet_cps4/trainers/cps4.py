@@ -1,0 +1,244 @@
+"""`nnUNetTrainerCPS4`: CPS4 stage (ii) — the mean teacher with pseudo labels refined by the class-prompt VLM.
+
+For every unlabeled batch (the same augmented batch the student sees, so the maps follow its spatial
+augmentation by construction):
+  1. the frozen stage-(i) VLM gives per-class probability maps p_c = sigmoid(s_c);
+  2. each map is binarised (Otsu per image and class by default) and the binary maps are fused into one label map
+     y_text (overlaps: highest normalised score; nothing fires: background) — `nnunet_cps4.fusion.fuse_maps`;
+  3. the combined pseudo label is argmax(softmax(teacher) + w * q_text), with q_text the VLM's vote as class
+     probabilities (`fusion.text_probabilities`): where the VLM is confident it decides, where it is unsure a
+     confident teacher wins (reconstruction of the predecessor code's argmax(softmax(teacher) + text probs));
+  4. loss = supervised + lambda(t) * [text_loss_weight * L(student, y_text)
+                                      + combined_loss_weight * L(student, combined)],
+     L = nnU-Net's Dice+CE with deep supervision, lambda(t) the mean teacher's ramp.
+
+Stage (i) runs first when the fold has no VLM checkpoint (`vlm_trainer_name` names the stage-(i) trainer, so
+ablations such as `_noTokenLoss` use a VLM trained without that loss); an existing checkpoint is checked against
+this run's dataset, plans, classes, prompts and text encoder. The VLM's weights and metadata are copied into
+every CPS4 checkpoint, so `--c` resumes with the identical VLM. Inference uses the student alone: the stock
+predictor, no overhead.
+"""
+import os
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import distributed as dist
+
+from nnunet_cps4.errors import CPS4Error
+from nnunet_cps4.trainers.mean_teacher import nnUNetTrainerMeanTeacher
+
+
+class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
+    # --- CPS4 settings; variants override these class attributes ------------------------------------------
+    vlm_trainer_name: str = "nnUNetTrainerCPS4VLM"
+    use_text: bool = True                  # False: plain mean teacher (the _noText ablation)
+    text_loss_weight: float = 1.0          # weight of L(student, y_text)
+    combined_loss_weight: float = 1.0      # weight of L(student, combined pseudo label)
+    text_combination_weight: float = 1.0   # w in argmax(softmax(teacher) + w * q_text)
+    binarize_method: str = "otsu"          # "otsu" | "fixed"
+    fixed_threshold: float = 0.5
+    min_peak: float = 0.5                  # a class map whose peak is below this fires nowhere
+    labeled_stats_every: int = 5           # VLM Dice on the labeled batch every N steps (costs a VLM pass)
+    panel_every: int = 10                  # PNG panels of unlabeled cases every N epochs (and the last)
+    num_panel_cases: int = 3
+    ssl_log_keys = nnUNetTrainerMeanTeacher.ssl_log_keys + (
+        "teacher_text_agreement", "refined_fraction", "text_fired_fraction", "vlm_dice_labeled")
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.vlm = None
+        self.vlm_metadata: Optional[dict] = None
+        self._restored_vlm_state: Optional[dict] = None
+
+    def ssl_settings(self) -> dict:
+        settings = super().ssl_settings()
+        settings.update({k: getattr(self, k) for k in (
+            "vlm_trainer_name", "use_text", "text_loss_weight", "combined_loss_weight", "text_combination_weight",
+            "binarize_method", "fixed_threshold", "min_peak")})
+        return settings
+
+    # --- the VLM -------------------------------------------------------------------------------------------
+    def expected_vlm_metadata(self) -> dict:
+        """What a usable stage-(i) checkpoint must say about itself (see vlm_pretraining.METADATA_MUST_MATCH)."""
+        from nnunet_cps4.prompts import load_class_prompts
+        from nnunet_cps4.text_encoders import resolve_text_encoder_spec
+        from nnunet_cps4.pretrain_vlm import find_trainer_class
+
+        vlm_class = find_trainer_class(self.vlm_trainer_name)
+        raw_root = os.environ.get("nnUNet_raw")
+        raw_folder = os.path.join(raw_root, self.plans_manager.dataset_name) if raw_root else None
+        prompts = load_class_prompts(self.dataset_json, raw_folder if raw_folder and os.path.isdir(raw_folder)
+                                     else None)
+        return {"vlm_trainer": self.vlm_trainer_name, "dataset": self.plans_manager.dataset_name,
+                "plans": self.plans_manager.plans_name, "configuration": self.configuration_name,
+                "class_names": prompts.class_names, "label_ids": prompts.label_ids,
+                "prompt_fingerprint": prompts.fingerprint(),
+                "text_encoder": resolve_text_encoder_spec(vlm_class.text_encoder_spec)[0]}
+
+    def ensure_vlm(self) -> None:
+        """Build the frozen VLM: from a resumed CPS4 checkpoint, else from stage (i) (run first if missing)."""
+        if self.vlm is not None or not self.use_text:
+            return
+        from nnunet_cps4.pretrain_vlm import find_trainer_class, run_stage1
+        from nnunet_cps4.trainers.vlm_pretraining import load_vlm, vlm_output_folder
+
+        if self._restored_vlm_state is not None:
+            self.vlm, self.vlm_metadata = self._vlm_from_state(self._restored_vlm_state)
+        else:
+            folder = vlm_output_folder(self.vlm_trainer_name, self.plans_manager, self.configuration_name,
+                                       self.fold)
+            checkpoint = os.path.join(folder, "checkpoint_final.pth")
+            expected = self.expected_vlm_metadata()
+            if not os.path.isfile(checkpoint):
+                self.print_to_log_file(f"No stage-(i) VLM in {folder}: training it now ({self.vlm_trainer_name})")
+                run_stage1(find_trainer_class(self.vlm_trainer_name), self.plans_manager.plans,
+                           self.configuration_name, self.fold, self.dataset_json, self.device)
+                if self.is_ddp:
+                    dist.barrier()
+            self.vlm, self.vlm_metadata = load_vlm(checkpoint, self.plans_manager, self.configuration_manager,
+                                                   self.device, expected)
+            self.print_to_log_file(f"Stage-(i) VLM loaded from {checkpoint}")
+        self.vlm.requires_grad_(False)
+        self.vlm.eval()
+
+    def _vlm_from_state(self, state: dict):
+        from dataclasses import replace
+
+        from nnunet_cps4.vlm import VLMConfig, build_vlm
+
+        metadata = state["vlm_metadata"]
+        config = replace(VLMConfig.from_dict(metadata["vlm_config"]), vision_weights=None)
+        vlm = build_vlm(config, self.plans_manager, self.configuration_manager, metadata["num_input_channels"],
+                        torch.zeros(len(metadata["class_names"]), metadata["text_dim"]))
+        vlm.load_state_dict(state["vlm_weights"])
+        return vlm.to(self.device), metadata
+
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        self.ensure_vlm()
+        super().on_train_start()
+
+    # --- pseudo labels -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def text_labels(self, data: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(per-class probabilities (B, C, *S), fused y_text (B, *S)) of the VLM for a batch."""
+        from nnunet_cps4.fusion import fuse_maps
+
+        probs = self.vlm.probabilities(data)
+        return probs, fuse_maps(probs, self.binarize_method, self.fixed_threshold, self.min_peak)
+
+    @torch.no_grad()
+    def make_pseudo_labels(self, unlabeled_data: torch.Tensor, teacher_logits: torch.Tensor
+                           ) -> Tuple[Dict[str, Tuple[float, torch.Tensor]], Dict[str, float]]:
+        targets, stats = super().make_pseudo_labels(unlabeled_data, teacher_logits)
+        if not self.use_text:
+            return targets, stats
+        from nnunet_cps4.fusion import text_probabilities
+
+        teacher_labels = targets["teacher"][1]
+        probs, y_text = self.text_labels(unlabeled_data)
+        votes = torch.softmax(teacher_logits.float(), 1) + \
+            self.text_combination_weight * text_probabilities(y_text, probs)
+        combined = votes.argmax(1, keepdim=True)
+        y_text = y_text.unsqueeze(1)
+        stats.update({"teacher_text_agreement": (teacher_labels == y_text).float().mean().item(),
+                      "refined_fraction": (combined != teacher_labels).float().mean().item(),
+                      "text_fired_fraction": (y_text > 0).float().mean().item()})
+        return {"text": (self.text_loss_weight, y_text), "combined": (self.combined_loss_weight, combined)}, stats
+
+    @torch.no_grad()
+    def labeled_batch_stats(self, data: torch.Tensor, target: torch.Tensor) -> Dict[str, float]:
+        """Mean Dice of y_text on the labeled batch over the classes present (every labeled_stats_every steps)."""
+        if not self.use_text or self.global_step % max(1, self.labeled_stats_every) != 0:
+            return {"vlm_dice_labeled": float("nan")}
+        _, y_text = self.text_labels(data)
+        target = target[:, 0]
+        dices = []
+        for c in torch.unique(target):
+            if c <= 0:
+                continue
+            p, g = y_text == c, target == c
+            dices.append((2 * (p & g).sum() / (p.sum() + g.sum())).item())
+        return {"vlm_dice_labeled": float(np.mean(dices)) if dices else float("nan")}
+
+    # --- what the user sees: panels of unlabeled cases -----------------------------------------------------
+    def on_epoch_end(self):
+        epoch = self.current_epoch
+        super().on_epoch_end()
+        last = epoch == self.num_epochs - 1
+        if self.local_rank == 0 and self.use_text and (last or (epoch + 1) % max(1, self.panel_every) == 0):
+            self.save_pseudo_label_panels(epoch)
+
+    @torch.no_grad()
+    def save_pseudo_label_panels(self, epoch: int) -> None:
+        """image | teacher label | y_text | refined label for the first unlabeled cases (centre patch)."""
+        from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+
+        from nnunet_cps4.plots import save_pseudo_label_panels
+
+        dataset = self.dataset_class(self.unlabeled_folder)
+        patch = list(self.configuration_manager.patch_size)
+        rows = []
+        for key in dataset.identifiers[:self.num_panel_cases]:
+            data = np.asarray(dataset.load_case(key)[0][:])
+            spatial = data.shape[1:]
+            if len(patch) == 2:  # 2d: the middle slice
+                data, spatial = data[:, spatial[0] // 2], spatial[1:]
+            bbox = [[0, data.shape[0]]] + [[(s - p) // 2, (s - p) // 2 + p] for s, p in zip(spatial, patch)]
+            x = torch.from_numpy(crop_and_pad_nd(data, bbox, 0)).float()[None].to(self.device)
+            teacher_logits = self.teacher(x)
+            targets, _ = self.make_pseudo_labels(x, teacher_logits)
+            teacher = torch.softmax(teacher_logits.float(), 1).argmax(1)
+            image = x[0, 0].cpu().numpy()
+            labels = [t[0, 0].cpu().numpy() for t in (teacher[:, None], targets["text"][1], targets["combined"][1])]
+            if image.ndim == 3:  # 3d: the middle slice of the patch
+                z = image.shape[0] // 2
+                image, labels = image[z], [lab[z] for lab in labels]
+            rows.append((key, image, *labels))
+        save_pseudo_label_panels(rows, len(self.label_manager.foreground_labels),
+                                 os.path.join(self.output_folder, f"pseudo_labels_epoch_{epoch:04d}.png"))
+
+    # --- checkpoints ---------------------------------------------------------------------------------------
+    def extra_checkpoint_state(self) -> dict:
+        state = super().extra_checkpoint_state()
+        if self.vlm is not None:
+            state.update({"vlm_weights": self.vlm.state_dict(), "vlm_metadata": self.vlm_metadata})
+        return state
+
+    def load_extra_checkpoint_state(self, state: Optional[dict]) -> None:
+        super().load_extra_checkpoint_state(state)
+        if state is not None and "vlm_weights" in state:
+            if self.vlm is not None:
+                self.vlm.load_state_dict(state["vlm_weights"])
+                self.vlm_metadata = state["vlm_metadata"]
+            else:  # built from this state in on_train_start (no stage-(i) folder needed to resume)
+                self._restored_vlm_state = state
+
+
+# --- ablations (schedule variants of these are generated in nnunet_cps4.trainers.variants) -----------------
+class nnUNetTrainerCPS4_noText(nnUNetTrainerCPS4):
+    """No VLM: pseudo labels from the teacher alone (= the mean teacher, kept here for side-by-side runs)."""
+    use_text = False
+
+
+class nnUNetTrainerCPS4_textOnly(nnUNetTrainerCPS4):
+    """Pseudo labels from the VLM alone: L(student, y_text), no combined label."""
+    combined_loss_weight = 0.0
+
+
+class nnUNetTrainerCPS4_noTokenLoss(nnUNetTrainerCPS4):
+    """VLM pretrained without the token-level attention loss."""
+    vlm_trainer_name = "nnUNetTrainerCPS4VLM_noTokenLoss"
+
+
+class nnUNetTrainerCPS4_noPixelLoss(nnUNetTrainerCPS4):
+    """VLM pretrained without the pixel-level attention loss."""
+    vlm_trainer_name = "nnUNetTrainerCPS4VLM_noPixelLoss"
+
+
+class nnUNetTrainerCPS4_randomText(nnUNetTrainerCPS4):
+    """VLM whose prompt embeddings are replaced by fixed random vectors: does the text matter?"""
+    vlm_trainer_name = "nnUNetTrainerCPS4VLM_randomText"

@@ -1,0 +1,293 @@
+"""Stage (i): `nnUNetTrainerCPS4VLM` trains the class-prompt VLM on the labeled cases of a fold.
+
+It is an nnU-Net trainer so that stage (i) gets nnU-Net's data loading, augmentation, optimizer and schedule,
+logging, progress.png, checkpoints and `--c` for free. What differs from segmentation training:
+- the network is the VLM (`nnunet_cps4.vlm`), built from the plans, the dataset's class prompts and a frozen
+  text encoder; no deep supervision;
+- the loss is the token- plus pixel-level attention loss (`nnunet_cps4.attention_losses`);
+- validation Dice is that of the fused map (per-class Otsu binarisation + fusion, `nnunet_cps4.fusion`), per
+  class, on the fold's validation cases; the final validation also writes PNG panels (image, ground truth, a
+  few per-class maps, fused map).
+The final checkpoint (`checkpoint_final.pth` in this trainer's fold folder) carries metadata — dataset, plans,
+configuration, class names, prompts, text encoder, VLM settings — checked by `load_vlm` before stage (ii) uses
+it. This trainer is not a segmentation model: `nnUNetv2_predict` refuses it; `nnUNetv2_cps4_predict_vlm`
+writes its fused maps.
+"""
+import os
+from typing import List, Optional
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import save_json
+from torch import autocast, nn
+from torch import distributed as dist
+
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+from nnunet_cps4.errors import CPS4Error
+from nnunet_cps4.trainers.common import (ExtraCheckpointStateMixin, FoldGuardMixin, backward_and_step,
+                                        register_log_keys, unwrap)
+from nnunet_cps4.vlm import VLMConfig
+
+VLM_METADATA_FORMAT = "cps4-vlm/1"
+# what must agree between a VLM checkpoint and the run that wants to use it
+METADATA_MUST_MATCH = ("vlm_trainer", "dataset", "plans", "configuration", "class_names", "label_ids",
+                       "prompt_fingerprint", "text_encoder")
+
+
+class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrainer):
+    # --- stage (i) settings; variants override these class attributes ---------------------------------------
+    token_loss_weight: float = 1.0
+    pixel_loss_weight: float = 1.0
+    token_loss_form: str = "log"           # -log(attention mass in mask); "linear": 1 - mass (see the losses)
+    vlm_config: VLMConfig = VLMConfig()
+    text_encoder_spec: Optional[str] = None  # None: $nnUNet_cps4_text_encoder or the offline MiniLM default
+    random_text_embeddings: bool = False     # ablation: fixed random vectors instead of prompt embeddings
+    binarize_method: str = "otsu"            # for the validation Dice of the fused map
+    fixed_threshold: float = 0.5
+    min_peak: float = 0.5
+    num_panel_cases: int = 3                 # PNG panels written by the final validation
+    stage1_log_keys = ("token_loss", "pixel_loss", "temperature")
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 250
+        self.enable_deep_supervision = False
+        self.metadata: Optional[dict] = None
+        register_log_keys(self, self.stage1_log_keys)
+
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        raise CPS4Error("nnUNetTrainerCPS4VLM trains the stage-(i) vision-language model, not a segmentation "
+                        "network. Fix: predict with the CPS4 (or mean-teacher) trainer's model; write the VLM's "
+                        "fused maps with nnUNetv2_cps4_predict_vlm")
+
+    # --- set-up: nnU-Net's initialize, with the VLM as network and the attention loss ----------------------
+    def initialize(self):
+        if self.was_initialized:
+            raise RuntimeError("initialize called twice")
+        if self.label_manager.has_regions:
+            raise CPS4Error("the CPS4 VLM needs plain labels; dataset.json defines regions. Fix: use nnUNetTrainer")
+        from nnunet_cps4.attention_losses import AttentionLoss
+
+        self._set_batch_size_and_oversample()
+        self.num_input_channels = determine_num_input_channels(self.plans_manager, self.configuration_manager,
+                                                               self.dataset_json)
+        vlm, self.metadata = self.build_vlm_from_prompts()
+        self.network = vlm.to(self.device)
+        self.optimizer, self.lr_scheduler = self.configure_optimizers()
+        if self.is_ddp:
+            self.network = torch.nn.parallel.DistributedDataParallel(self.network, device_ids=[self.local_rank])
+        self.loss = AttentionLoss(self.token_loss_weight, self.pixel_loss_weight, self.token_loss_form)
+        self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        self.was_initialized = True
+        self.logger.update_config({"stage1": {k: v for k, v in self.metadata.items() if k != "prompts"}})
+
+    def build_vlm_from_prompts(self):
+        """The VLM with this dataset's class-prompt embeddings (computed once here), and its metadata."""
+        from nnunet_cps4.prompts import load_class_prompts
+        from nnunet_cps4.text_encoders import build_text_encoder, class_text_embeddings
+        from nnunet_cps4.vlm import build_vlm, random_text_features
+
+        raw_root = os.environ.get("nnUNet_raw")
+        raw_folder = os.path.join(raw_root, self.plans_manager.dataset_name) if raw_root else None
+        prompts = load_class_prompts(self.dataset_json, raw_folder if raw_folder and os.path.isdir(raw_folder)
+                                     else None)
+        if prompts.label_ids != list(self.label_manager.foreground_labels):
+            raise CPS4Error(f"the prompts cover label ids {prompts.label_ids} but the plans' label manager has "
+                            f"{self.label_manager.foreground_labels}. Fix: dataset.json labels must be 0..N")
+        encoder = build_text_encoder(self.text_encoder_spec)
+        features = class_text_embeddings(prompts, encoder)
+        if self.random_text_embeddings:
+            features = random_text_features(*features.shape)
+        self.print_to_log_file(f"Stage (i): {prompts.num_classes} class prompts from {prompts.source}, text "
+                               f"encoder {encoder.spec} ({encoder.dim}-d)"
+                               + (", replaced by random vectors" if self.random_text_embeddings else ""))
+        vlm = build_vlm(self.vlm_config, self.plans_manager, self.configuration_manager, self.num_input_channels,
+                        features)
+        metadata = {
+            "format": VLM_METADATA_FORMAT, "vlm_trainer": self.__class__.__name__,
+            "dataset": self.plans_manager.dataset_name, "plans": self.plans_manager.plans_name,
+            "configuration": self.configuration_name, "fold": self.fold,
+            "class_names": prompts.class_names, "label_ids": prompts.label_ids,
+            "prompts": prompts.to_dict(), "prompt_fingerprint": prompts.fingerprint(),
+            "text_encoder": encoder.spec, "text_dim": int(features.shape[1]),
+            "random_text_embeddings": self.random_text_embeddings, "vlm_config": self.vlm_config.to_dict(),
+            "num_input_channels": self.num_input_channels,
+            "losses": {"token_weight": self.token_loss_weight, "pixel_weight": self.pixel_loss_weight,
+                       "token_form": self.token_loss_form},
+        }
+        return vlm, metadata
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        pass  # the VLM has no deep supervision
+
+    def extra_checkpoint_state(self) -> dict:
+        return {"vlm_metadata": self.metadata}
+
+    def load_extra_checkpoint_state(self, state: Optional[dict]) -> None:
+        if state is None or "vlm_metadata" not in state:
+            raise CPS4Error("checkpoint has no VLM metadata: it was not written by nnUNetTrainerCPS4VLM")
+        check_vlm_metadata(state["vlm_metadata"], self.metadata, "the checkpoint being resumed")
+
+    # --- steps ---------------------------------------------------------------------------------------------
+    def _forward_loss(self, batch: dict):
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"].to(self.device, non_blocking=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            sim = self.network(data)
+            total, parts = self.loss(sim, target)
+        return sim, target, total, parts
+
+    def train_step(self, batch: dict) -> dict:
+        self.optimizer.zero_grad(set_to_none=True)
+        _, _, total, parts = self._forward_loss(batch)
+        backward_and_step(self, total)
+        return {"loss": total.detach().cpu().numpy(), "token_loss": parts["token"].item(),
+                "pixel_loss": parts["pixel"].item()}
+
+    def validation_step(self, batch: dict) -> dict:
+        from nnunet_cps4.fusion import fuse_maps, labels_to_probabilities
+
+        sim, target, total, _ = self._forward_loss(batch)
+        fused = fuse_maps(torch.sigmoid(sim.float()), self.binarize_method, self.fixed_threshold, self.min_peak)
+        onehot = labels_to_probabilities(fused, sim.shape[1] + 1)
+        target = target.clone()
+        mask = None
+        if self.label_manager.has_ignore_label:
+            mask = (target != self.label_manager.ignore_label).float()
+            target[target == self.label_manager.ignore_label] = 0
+        tp, fp, fn, _ = get_tp_fp_fn_tn(onehot, target, axes=[0] + list(range(2, onehot.ndim)), mask=mask)
+        return {"loss": total.detach().cpu().numpy(), "tp_hard": tp[1:].cpu().numpy(),
+                "fp_hard": fp[1:].cpu().numpy(), "fn_hard": fn[1:].cpu().numpy()}
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        collated = collate_outputs(train_outputs)
+        values = {"token_loss": float(np.mean(collated["token_loss"])),
+                  "pixel_loss": float(np.mean(collated["pixel_loss"])),
+                  "temperature": float(1.0 / unwrap(self.network).logit_scale.exp().clamp(max=100).item())}
+        for key, value in values.items():
+            if self.is_ddp:
+                gathered = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, value)
+                value = float(np.mean(gathered))
+            self.logger.log(key, value, self.current_epoch)
+
+    def on_epoch_end(self):
+        self.print_to_log_file("stage (i): " + ", ".join(
+            f"{k} {self.logger.get_value(k, step=-1):.4f}" for k in self.stage1_log_keys))
+        super().on_epoch_end()
+
+    # --- final validation: fused-map Dice per class on the fold's validation cases, PNG panels -------------
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        from nnunet_cps4.plots import save_vlm_panels
+        from nnunet_cps4.vlm_inference import fused_case_prediction, vlm_predictor
+
+        if self.local_rank != 0:
+            if self.is_ddp:
+                dist.barrier()
+            return
+        vlm = unwrap(self.network)
+        vlm.eval()
+        predictor = vlm_predictor(vlm, self.plans_manager, self.configuration_manager, self.dataset_json,
+                                  self.device)
+        _, val_keys = self.do_split()
+        dataset_val = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
+        out_folder = os.path.join(self.output_folder, "validation_vlm")
+        os.makedirs(out_folder, exist_ok=True)
+        class_names = self.metadata["class_names"]
+        tp, fp, fn = (np.zeros(len(class_names)) for _ in range(3))
+        per_case = {}
+        for i, key in enumerate(dataset_val.identifiers):
+            data, seg, _, _ = dataset_val.load_case(key)
+            data = torch.from_numpy(np.asarray(data[:], dtype=np.float32))
+            seg = np.asarray(seg[:])[0]
+            probs, fused = fused_case_prediction(predictor, data, self.binarize_method, self.fixed_threshold,
+                                                 self.min_peak)
+            case_dice = {}
+            for c, name in enumerate(class_names):
+                p, g = fused == c + 1, seg == c + 1
+                tp[c] += np.sum(p & g); fp[c] += np.sum(p & ~g); fn[c] += np.sum(~p & g)  # noqa: E702
+                case_dice[name] = float(2 * np.sum(p & g) / (np.sum(p) + np.sum(g))) if g.any() or p.any() \
+                    else float("nan")
+            per_case[key] = case_dice
+            if i < self.num_panel_cases:
+                save_vlm_panels(data[0].numpy(), seg, probs, fused, class_names,
+                                os.path.join(out_folder, f"{key}.png"))
+        with np.errstate(invalid="ignore"):
+            dice = 2 * tp / (2 * tp + fp + fn)
+        summary = {"fused_map_dice_per_class": dict(zip(class_names, map(float, dice))),
+                   "mean_fused_map_dice": float(np.nanmean(dice)), "cases": per_case,
+                   "binarize_method": self.binarize_method, "min_peak": self.min_peak}
+        save_json(summary, os.path.join(out_folder, "summary.json"), sort_keys=False)
+        self.print_to_log_file(f"VLM validation (fused map, {len(per_case)} case(s)): mean Dice "
+                               f"{summary['mean_fused_map_dice']:.4f}; per class " + ", ".join(
+                                   f"{n} {d:.3f}" for n, d in summary["fused_map_dice_per_class"].items()))
+        if self.is_ddp:
+            dist.barrier()
+
+
+def check_vlm_metadata(found: dict, expected: dict, where: str) -> None:
+    """CPS4Error listing every field in METADATA_MUST_MATCH where a VLM checkpoint differs from this run."""
+    if found.get("format") != VLM_METADATA_FORMAT:
+        raise CPS4Error(f"{where}: not a CPS4 VLM checkpoint (format {found.get('format')!r}). Fix: train stage "
+                        f"(i) with nnUNetv2_cps4_pretrain_vlm")
+    diffs = [f"{k}: checkpoint {found.get(k)!r} != this run {expected.get(k)!r}" for k in METADATA_MUST_MATCH
+             if found.get(k) != expected.get(k)]
+    if diffs:
+        raise CPS4Error(f"{where} was trained with other settings ({'; '.join(diffs)}). Fix: restore the original "
+                        f"settings, or move that VLM folder away and run stage (i) again")
+
+
+def vlm_output_folder(vlm_trainer_name: str, plans_manager, configuration: str, fold) -> str:
+    from nnunetv2.paths import nnUNet_results
+
+    return os.path.join(nnUNet_results, plans_manager.dataset_name,
+                        f"{vlm_trainer_name}__{plans_manager.plans_name}__{configuration}", f"fold_{fold}")
+
+
+def load_vlm(checkpoint_file: str, plans_manager, configuration_manager, device: torch.device,
+             expected: Optional[dict] = None):
+    """(VLM in eval mode, metadata) from a stage-(i) checkpoint, refusing one whose metadata does not match."""
+    from dataclasses import replace
+
+    from nnunet_cps4.vlm import build_vlm
+
+    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+    metadata = (checkpoint.get("cps4_state") or {}).get("vlm_metadata")
+    if metadata is None:
+        raise CPS4Error(f"{checkpoint_file} has no VLM metadata (not written by nnUNetTrainerCPS4VLM). Fix: run "
+                        f"nnUNetv2_cps4_pretrain_vlm")
+    if expected is not None:
+        check_vlm_metadata(metadata, expected, checkpoint_file)
+    # the vision weights file only initialised training; the checkpoint holds the trained weights
+    config = replace(VLMConfig.from_dict(metadata["vlm_config"]), vision_weights=None)
+    text = torch.zeros(len(metadata["class_names"]), metadata["text_dim"])
+    vlm = build_vlm(config, plans_manager, configuration_manager, metadata["num_input_channels"], text)
+    vlm.load_state_dict(checkpoint["network_weights"])
+    return vlm.to(device).eval(), metadata
+
+
+# --- ablations (schedule variants of these are generated in nnunet_cps4.trainers.variants) ---------------------------------------------------------------------------------------------
+class nnUNetTrainerCPS4VLM_noTokenLoss(nnUNetTrainerCPS4VLM):
+    token_loss_weight = 0.0
+
+
+class nnUNetTrainerCPS4VLM_noPixelLoss(nnUNetTrainerCPS4VLM):
+    pixel_loss_weight = 0.0
+
+
+class nnUNetTrainerCPS4VLM_randomText(nnUNetTrainerCPS4VLM):
+    random_text_embeddings = True
+
+
+class nnUNetTrainerCPS4VLM_vit(nnUNetTrainerCPS4VLM):
+    vlm_config = VLMConfig(vision="vit")

@@ -1,0 +1,252 @@
+"""The trainers through nnU-Net's own console scripts, the way a user runs them.
+
+One toy dataset (5 labeled, 4 unlabeled, 2 test cases) is planned once; every test trains short-schedule
+variants (`_smoke`: 2 epochs x 10 iterations) with `nnUNetv2_train`, resumes with `--c`, validates with `--val`
+and predicts with the stock `nnUNetv2_predict`.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from nnunet_cps4.discovery import EXT_TRAINER_FOLDER
+from toy_data import make_toy_dataset
+
+BIN = os.path.dirname(sys.executable)
+DATASET = "Dataset501_Toy"
+
+
+def cli(name, *args, env, check=True, timeout=600):
+    result = subprocess.run([os.path.join(BIN, name), *map(str, args)], env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{name} {' '.join(map(str, args))} failed ({result.returncode}):\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Planned and preprocessed toy dataset (2d, 3d_fullres); the plugin found via nnUNet_extTrainer."""
+    base = tmp_path_factory.mktemp("e2e")
+    e = dict(os.environ, nnUNet_raw=str(base / "raw"), nnUNet_preprocessed=str(base / "pre"),
+             nnUNet_results=str(base / "res"), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="1", nnUNet_compile="false",
+             nnUNet_extTrainer=EXT_TRAINER_FOLDER, PYTHONUNBUFFERED="1")
+    e.pop("nnUNet_cps4_prompts", None)
+    make_toy_dataset(e["nnUNet_raw"], n_test=2)
+    cli("nnUNetv2_plan_and_preprocess", "-d", 501, "-c", "2d", "3d_fullres", "-np", 1, "-npfp", 1, env=e)
+    e["nnUNet_n_proc_DA"] = "0"  # training: data augmentation in the main process (2 cores)
+    return e
+
+
+def model_folder(env, trainer, configuration="2d"):
+    return os.path.join(env["nnUNet_results"], DATASET, f"{trainer}__nnUNetPlans__{configuration}")
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def dice_on_test_set(env, pred_folder):
+    """Mean foreground Dice of a prediction folder against labelsTs (nnU-Net's evaluation)."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder_simple
+
+    labels = os.path.join(env["nnUNet_raw"], DATASET, "labelsTs")
+    summary = os.path.join(pred_folder, "summary_test.json")
+    compute_metrics_on_folder_simple(labels, pred_folder, [1, 2], summary, num_processes=1)
+    with open(summary) as f:
+        return json.load(f)["foreground_mean"]["Dice"]
+
+
+def train(env, trainer, fold="0", configuration="2d", *extra, check=True):
+    return cli("nnUNetv2_train", 501, configuration, fold, "-tr", trainer, "-device", "cpu", *extra, env=env,
+               check=check)
+
+
+def predict(env, trainer, out, configuration="2d", fold="0"):
+    cli("nnUNetv2_predict", "-i", os.path.join(env["nnUNet_raw"], DATASET, "imagesTs"), "-o", out, "-d", 501,
+        "-c", configuration, "-f", fold, "-tr", trainer, "-device", "cpu", "-npp", 0, "-nps", 0,
+        "--disable_tta", env=env)
+    return sorted(f for f in os.listdir(out) if f.endswith(".nii.gz"))
+
+
+def test_mean_teacher_trains_predicts_and_keeps_the_checkpoint_contract(env, tmp_path):
+    train(env, "nnUNetTrainerMeanTeacher_smoke")
+    fold = os.path.join(model_folder(env, "nnUNetTrainerMeanTeacher_smoke"), "fold_0")
+    for f in ("checkpoint_final.pth", "progress.png", "progress_semi_supervised.png", "validation/summary.json"):
+        assert os.path.isfile(os.path.join(fold, f)), f
+    ckpt = load(os.path.join(fold, "checkpoint_final.pth"))
+    # network_weights is the student alone: exactly the keys of the stock network nnU-Net builds at predict time
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunet_cps4.trainers.mean_teacher import nnUNetTrainerMeanTeacher
+    pm = PlansManager(os.path.join(model_folder(env, "nnUNetTrainerMeanTeacher_smoke"), "plans.json"))
+    net = nnUNetTrainerMeanTeacher.build_network_architecture(pm, pm.get_configuration("2d"), 1, 3, False)
+    assert set(ckpt["network_weights"]) == set(net.state_dict())
+    state = ckpt["cps4_state"]
+    assert state["global_step"] == 20
+    assert set(state["teacher_weights"]) == set(net.state_dict())
+    assert any(not torch.equal(state["teacher_weights"][k], ckpt["network_weights"][k])
+               for k in ckpt["network_weights"]), "the EMA teacher must differ from the student"
+    log = open([os.path.join(fold, f) for f in os.listdir(fold) if f.startswith("training_log")][0]).read()
+    assert "ssl_lambda" in log and "teacher_confidence" in log
+    assert len(ckpt["logging"]["ssl_lambda"]) == 2
+
+    files = predict(env, "nnUNetTrainerMeanTeacher_smoke", str(tmp_path / "pred"))
+    assert files == ["t10.nii.gz", "t9.nii.gz"]
+    pred = sitk.ReadImage(str(tmp_path / "pred" / "t9.nii.gz"))
+    ref = sitk.ReadImage(os.path.join(env["nnUNet_raw"], DATASET, "labelsTs", "t9.nii.gz"))
+    assert pred.GetSize() == ref.GetSize() and pred.GetSpacing() == ref.GetSpacing()
+    assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1, 2}
+    assert dice_on_test_set(env, str(tmp_path / "pred")) > 0.2
+
+    # --val reruns the final validation from checkpoint_final
+    os.remove(os.path.join(fold, "validation", "summary.json"))
+    train(env, "nnUNetTrainerMeanTeacher_smoke", "0", "2d", "--val")
+    assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))
+
+
+def _kill_after_first_checkpoint(env, trainer, fold_folder):
+    """Start training, SIGKILL it as soon as checkpoint_latest.pth is complete; return that checkpoint."""
+    latest = os.path.join(fold_folder, "checkpoint_latest.pth")
+    proc = subprocess.Popen([os.path.join(BIN, "nnUNetv2_train"), "501", "2d", "0", "-tr", trainer, "-device",
+                             "cpu"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    ckpt = None
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isfile(latest):
+            try:
+                ckpt = load(latest)
+                if "cps4_state" in ckpt:
+                    break
+            except Exception:  # still being written
+                pass
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt is not None, "training ended or timed out before writing checkpoint_latest.pth"
+    assert not os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth")), "killed too late"
+    return ckpt
+
+
+def test_killed_mean_teacher_resumes_with_its_teacher(env, monkeypatch):
+    fold = os.path.join(model_folder(env, "nnUNetTrainerMeanTeacher_smoke"), "fold_0")
+    shutil.rmtree(os.path.dirname(fold), ignore_errors=True)
+    latest = _kill_after_first_checkpoint(env, "nnUNetTrainerMeanTeacher_smoke", fold)
+    assert latest["current_epoch"] == 1 and latest["cps4_state"]["global_step"] == 10
+
+    # what --c restores, checked in-process: the saved teacher and step, not a copy of the student
+    from nnunetv2.run.run_training import get_trainer_from_args
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        monkeypatch.setenv(k, env[k])
+    t = get_trainer_from_args("501", "2d", 0, "nnUNetTrainerMeanTeacher_smoke", continue_training=True,
+                              device=torch.device("cpu"))
+    t.load_checkpoint(os.path.join(fold, "checkpoint_latest.pth"))
+    teacher = t.teacher.state_dict()
+    for k, v in latest["cps4_state"]["teacher_weights"].items():
+        assert torch.equal(teacher[k], v)
+    student = t.unwrapped_student().state_dict()
+    assert any(not torch.equal(teacher[k], student[k]) for k in teacher)
+    assert t.global_step == 10 and t.current_epoch == 1
+
+    train(env, "nnUNetTrainerMeanTeacher_smoke", "0", "2d", "--c")
+    final = load(os.path.join(fold, "checkpoint_final.pth"))
+    assert final["cps4_state"]["global_step"] == 20
+    assert len(final["logging"]["ssl_lambda"]) == 2
+
+
+def test_cps4_runs_stage1_then_stage2_and_predicts(env, tmp_path):
+    result = train(env, "nnUNetTrainerCPS4_smoke")
+    assert "No stage-(i) VLM" in result.stdout
+    vlm_fold = os.path.join(model_folder(env, "nnUNetTrainerCPS4VLM_smoke"), "fold_0")
+    assert os.path.isfile(os.path.join(vlm_fold, "checkpoint_final.pth"))
+    assert any(f.endswith(".png") for f in os.listdir(os.path.join(vlm_fold, "validation_vlm")))
+    fold = os.path.join(model_folder(env, "nnUNetTrainerCPS4_smoke"), "fold_0")
+    ckpt = load(os.path.join(fold, "checkpoint_final.pth"))
+    state = ckpt["cps4_state"]
+    assert state["vlm_metadata"]["class_names"] == ["a", "b"]
+    assert "vlm_weights" in state and "teacher_weights" in state
+    assert not any(k.startswith("vlm") or "text" in k for k in ckpt["network_weights"])
+    for key in ("teacher_text_agreement", "refined_fraction", "vlm_dice_labeled"):
+        assert len(ckpt["logging"][key]) == 2 and not np.isnan(ckpt["logging"][key][-1])
+    assert os.path.isfile(os.path.join(fold, "pseudo_labels_epoch_0001.png"))
+
+    # the stock predictor, from the model folder, on the student alone
+    out = tmp_path / "pred"
+    cli("nnUNetv2_predict_from_modelfolder", "-i", os.path.join(env["nnUNet_raw"], DATASET, "imagesTs"),
+        "-o", out, "-m", model_folder(env, "nnUNetTrainerCPS4_smoke"), "-f", 0, "-device", "cpu", "-npp", 1,
+        "-nps", 1, env=env)  # this entry point needs at least one export worker
+    assert sorted(f for f in os.listdir(out) if f.endswith(".nii.gz")) == ["t10.nii.gz", "t9.nii.gz"]
+
+    # the VLM's own fused maps, for inspection
+    vlm_out = tmp_path / "vlm"
+    cli("nnUNetv2_cps4_predict_vlm", "-i", os.path.join(env["nnUNet_raw"], DATASET, "imagesTs"), "-o", vlm_out,
+        "-d", 501, "-c", "2d", "-f", 0, "-tr", "nnUNetTrainerCPS4VLM_smoke", "-device", "cpu", env=env)
+    fused = sitk.GetArrayFromImage(sitk.ReadImage(str(vlm_out / "t9.nii.gz")))
+    assert fused.shape == (4, 32, 16) and set(np.unique(fused)) <= {0, 1, 2}
+
+
+def test_cps4_resume_uses_the_checkpointed_vlm(env):
+    """--c needs no stage-(i) folder: the VLM comes back from the CPS4 checkpoint, bit for bit."""
+    fold = os.path.join(model_folder(env, "nnUNetTrainerCPS4_smoke"), "fold_0")
+    vlm_dir = model_folder(env, "nnUNetTrainerCPS4VLM_smoke")
+    if not os.path.isdir(vlm_dir):
+        pytest.skip("needs the stage-(i) run of test_cps4_runs_stage1_then_stage2_and_predicts")
+    shutil.rmtree(fold, ignore_errors=True)
+    latest = _kill_after_first_checkpoint(env, "nnUNetTrainerCPS4_smoke", fold)
+    moved = vlm_dir + "_moved"
+    os.rename(vlm_dir, moved)
+    try:
+        result = train(env, "nnUNetTrainerCPS4_smoke", "0", "2d", "--c")
+        assert "No stage-(i) VLM" not in result.stdout
+        final = load(os.path.join(fold, "checkpoint_final.pth"))
+        for k, v in latest["cps4_state"]["vlm_weights"].items():
+            assert torch.equal(final["cps4_state"]["vlm_weights"][k], v)
+        assert final["cps4_state"]["global_step"] == 20
+    finally:
+        os.rename(moved, vlm_dir)
+
+
+def test_cps4_refuses_a_vlm_trained_with_other_prompts(env, tmp_path):
+    vlm_dir = model_folder(env, "nnUNetTrainerCPS4VLM_smoke")
+    if not os.path.isdir(vlm_dir):
+        pytest.skip("needs the stage-(i) run of test_cps4_runs_stage1_then_stage2_and_predicts")
+    # fold 1 gets fold 0's VLM (trained with the label-name template prompts); this run asks for other prompts
+    shutil.rmtree(os.path.join(vlm_dir, "fold_1"), ignore_errors=True)
+    shutil.copytree(os.path.join(vlm_dir, "fold_0"), os.path.join(vlm_dir, "fold_1"))
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"format": "cps4-class-prompts/1",
+                                   "classes": {"a": ["first box"], "b": ["second box"]}}))
+    result = train(dict(env, nnUNet_cps4_prompts=str(prompts)), "nnUNetTrainerCPS4_smoke", "1", check=False)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "prompt_fingerprint" in last and os.path.join("fold_1", "checkpoint_final.pth") in last and "Fix" in last
+
+
+def test_too_few_labeled_cases_for_a_fold_is_a_clear_error(tmp_path):
+    e = dict(os.environ, nnUNet_raw=str(tmp_path / "raw"), nnUNet_preprocessed=str(tmp_path / "pre"),
+             nnUNet_results=str(tmp_path / "res"), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1",
+             nnUNet_extTrainer=EXT_TRAINER_FOLDER)
+    make_toy_dataset(e["nnUNet_raw"], dataset_id=502, n_labeled=2, n_unlabeled=2)
+    cli("nnUNetv2_plan_and_preprocess", "-d", 502, "-c", "2d", "-np", 1, "-npfp", 1, env=e)
+    e["nnUNet_n_proc_DA"] = "0"
+    result = cli("nnUNetv2_train", 502, "2d", 0, "-tr", "nnUNetTrainerMeanTeacher_smoke", "-device", "cpu",
+                 env=e, check=False)
+    assert result.returncode != 0
+    assert "2 labeled case(s)" in result.stderr and "fold 'all'" in result.stderr
+
+
+def test_cps4_trains_and_predicts_3d_fullres(env, tmp_path):
+    train(env, "nnUNetTrainerCPS4_smoke", "all", "3d_fullres")
+    files = predict(env, "nnUNetTrainerCPS4_smoke", str(tmp_path / "pred3d"), "3d_fullres", "all")
+    assert files == ["t10.nii.gz", "t9.nii.gz"]
+    assert os.path.isfile(os.path.join(model_folder(env, "nnUNetTrainerCPS4VLM_smoke", "3d_fullres"), "fold_all",
+                                       "checkpoint_final.pth"))
