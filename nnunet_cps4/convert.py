@@ -32,6 +32,7 @@ from nnunet_cps4.dataset_layout import (MRSPINESEG_LABELS, SPLIT_FILE, UNLABELED
                                         dataset_name, make_split, require_env_folder, write_dataset_json,
                                         write_split)
 from nnunet_cps4.errors import CPS4Error
+from nnunet_cps4.prompts import PROMPT_FILE_KEY, PROMPT_TEMPLATES_KEY
 
 #: fraction of the cases held out as test set when --test is not given (and the source has no labelled imagesTs)
 DEFAULT_TEST_FRACTION = 0.2
@@ -290,7 +291,8 @@ def convert_mrspineseg(src: str, dataset_id: int, labeled_fraction: float, n_tes
             generator="nnUNetv2_cps4_convert_mrspineseg", dataset_name_=full_name,
             description=f"MRSpineSeg (sagittal T2 lumbar MR), semi-supervised split: {_split_counts(split)}",
             extra_cps4={"source": source, "seed": int(seed), "labeled_fraction": float(labeled_fraction),
-                        "num_unlabeled": len(split["unlabeled"]), "num_test": len(split["test"])},
+                        "num_unlabeled": len(split["unlabeled"]), "num_test": len(split["test"]),
+                        PROMPT_FILE_KEY: "mrspineseg"},
             reference="Pang et al., SpineParseNet: Spine Parsing for Volumetric MR Image by a Two-Stage "
                       "Segmentation Framework With Semantic Image Representation, IEEE TMI 2021",
             license="see the terms of the MRSpineSeg release")
@@ -472,7 +474,10 @@ def split_labeled_dataset(source: str, dataset_id: int, labeled_fraction: float,
                         + (f". Source description: {src_json['description']}" if src_json.get("description") else ""),
             extra_cps4={"source": source, "seed": int(seed), "labeled_fraction": float(labeled_fraction),
                         "num_unlabeled": len(split["unlabeled"]), "num_test": len(split["test"]),
-                        "test_source": test_source})
+                        "test_source": test_source,
+                        # the source's class-prompt settings still apply to the same labels
+                        **{k: v for k, v in src_json.get("cps4", {}).items()
+                           if k in (PROMPT_FILE_KEY, PROMPT_TEMPLATES_KEY)}})
         # nnU-Net's writer renames or mangles a few optional keys (licence, citation): restore the source's
         # entries verbatim on top of what it wrote
         out_json = os.path.join(folder, "dataset.json")

@@ -54,6 +54,7 @@ from nnunet_cps4.cli import run_cli
 from nnunet_cps4.dataset_layout import (MRSPINESEG_LABELS, UNLABELED_FOLDER, create_dataset_folder, make_split,
                                         require_env_folder, write_dataset_json, write_split)
 from nnunet_cps4.errors import CPS4Error
+from nnunet_cps4.prompts import PROMPT_FILE_KEY
 
 GENERATOR = "nnunet-cps4 phantom"
 PHANTOM_VERSION = 1
@@ -671,7 +672,7 @@ def generate_phantom_dataset(dataset_id: int, n_cases: int = DEFAULT_N,
                        GENERATOR, os.path.basename(folder),
                        description="Synthetic sagittal T2 lumbar spine MR phantom (nnunet-cps4), MRSpineSeg labels",
                        license="synthetic data without any patient information (nnunet-cps4 phantom)",
-                       extra_cps4={"phantom": phantom})
+                       extra_cps4={"phantom": phantom, PROMPT_FILE_KEY: "mrspineseg"})
     infos = {}
     t0 = time.time()
     for i, case in enumerate(case_ids):

@@ -28,6 +28,9 @@ from nnunet_cps4.errors import CPS4Error
 
 MANIFEST_FILE = "cps4_unlabeled_manifest.json"
 MANIFEST_VERSION = 1
+PREPROCESSING_KEYS = ("data_identifier", "preprocessor_name", "spacing", "patch_size", "normalization_schemes",
+                      "use_mask_for_norm", "resampling_fn_data", "resampling_fn_data_kwargs", "resampling_fn_seg",
+                      "resampling_fn_seg_kwargs")
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
@@ -87,8 +90,11 @@ def collect_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict) -> Dict
 
 def plans_fingerprint(plans_manager, configuration_manager, dataset_json: dict) -> str:
     """Hash of everything in the plans and dataset.json that changes how an image is preprocessed."""
+    # the configuration's keys that shape preprocessing (not batch size or architecture: a plans copy with another
+    # batch size reuses the same preprocessed images); patch_size only changes blosc2 chunking, kept for that
+    config = configuration_manager.configuration
     relevant = {
-        "configuration": configuration_manager.configuration,
+        "configuration": {k: config.get(k) for k in PREPROCESSING_KEYS},
         "transpose_forward": plans_manager.transpose_forward,
         "intensity": plans_manager.foreground_intensity_properties_per_channel,
         "reader": plans_manager.plans.get("image_reader_writer"),

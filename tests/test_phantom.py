@@ -134,6 +134,14 @@ def test_dataset_layout_json_and_split(nnunet_env, tmp_path):
     png = phantom.save_overview_png(folder, str(tmp_path / "overview.png"), n_cases=2)
     assert os.path.getsize(png) > 10000
 
+    # the phantom's class prompts are the shipped MRSpineSeg ones, also after a re-split of the dataset
+    from nnunet_cps4.convert import split_labeled_dataset
+    from nnunet_cps4.prompts import load_class_prompts
+    assert load_class_prompts(ds, folder).source.endswith("mrspineseg.json")
+    resplit = split_labeled_dataset(folder, 22, 0.5, seed=0)
+    with open(os.path.join(resplit, "dataset.json")) as f:
+        assert load_class_prompts(json.load(f), resplit).source.endswith("mrspineseg.json")
+
 
 def _env(paths):
     env = dict(os.environ, **paths)
