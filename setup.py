@@ -26,6 +26,7 @@ setup(
         "SimpleITK>=2.2",
         "numpy",
         "scikit-image",
+        "medpy",
         "matplotlib",
         "tqdm",
         "transformers>=4.40",
@@ -42,7 +43,8 @@ setup(
             "nnUNetv2_cps4_split_labeled=nnunet_cps4.convert:main_split",
             "nnUNetv2_cps4_pretrain_vlm=nnunet_cps4.pretrain_vlm:main",
             "nnUNetv2_cps4_predict_vlm=nnunet_cps4.vlm_inference:main",
-            "nnUNetv2_cps4_demo=nnunet_cps4.demo:main",
+            "nnUNetv2_cps4_cost=nnunet_cps4.cost:main",
+            "nnUNetv2_cps4_benchmark=nnunet_cps4.benchmark:main",
         ]
     },
 )

@@ -1,0 +1,155 @@
+"""Per-iteration time and peak memory of trainers on the same batch, as ratios to nnUNetTrainer.
+
+Protocol: every trainer is built for the same dataset, plans, configuration and fold, in its own child process
+(so peak memory is its own). The child seeds numpy/torch identically, initialises the trainer as training does
+(`on_train_start`: loaders, teacher, VLM), draws one labeled batch and `n_unlabeled` unlabeled batches up
+front, then times `train_step` on that labeled batch (cycling the unlabeled ones) for `steps` steps after
+`warmup` steps. Data loading and augmentation are excluded: what is compared is the work each method adds per
+optimizer step. Memory: CUDA max_memory_allocated during the timed steps, or on the CPU the process's peak RSS
+during the timed steps (VmHWM after resetting it through /proc/self/clear_refs).
+
+The trainers must be trainable as they are (CPS4 needs its stage-(i) checkpoint, else it would train it first).
+"""
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+RESULT_PREFIX = "CPS4_COST_RESULT "
+
+
+def _peak_rss_mb() -> Optional[float]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _measure_in_this_process(dataset: str, configuration: str, plans: str, trainer_name: str, device: str,
+                             warmup: int, steps: int, n_unlabeled: int, seed: int) -> dict:
+    import numpy as np
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    from nnunet_cps4.pretrain_vlm import find_trainer_class
+
+    name = maybe_convert_to_dataset_name(int(dataset) if dataset.isdigit() else dataset)
+    base = os.path.join(nnUNet_preprocessed, name)
+    plans_dict = load_json(os.path.join(base, plans + ".json"))
+    plans_dict["continue_training"] = False
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    trainer = find_trainer_class(trainer_name)(plans=plans_dict, configuration=configuration, fold="all",
+                                               dataset_json=load_json(os.path.join(base, "dataset.json")),
+                                               device=dev)
+    trainer.on_train_start()
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    batch = next(trainer.dataloader_train)
+    if getattr(trainer, "dataloader_unlabeled", None) is not None:
+        unlabeled = [next(trainer.dataloader_unlabeled) for _ in range(n_unlabeled)]
+        trainer.dataloader_unlabeled = itertools.cycle(unlabeled)
+    trainer.network.train()
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        trainer.train_step(batch)
+    sync()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    _reset_peak_rss()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        trainer.train_step(batch)
+        sync()
+        times.append(time.perf_counter() - start)
+    memory = torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda" else _peak_rss_mb()
+    return {"trainer": trainer_name, "seconds_per_iteration": float(np.median(times)),
+            "seconds_per_iteration_mean": float(np.mean(times)), "seconds_per_iteration_sd": float(np.std(times)),
+            "peak_memory_mb": memory, "memory_kind": "cuda_max_allocated" if dev.type == "cuda" else "peak_rss",
+            "batch_size": int(batch["data"].shape[0]), "device": device, "steps": steps, "warmup": warmup}
+
+
+def measure_cost(dataset: str, configuration: str, trainers: Sequence[str], plans: str = "nnUNetPlans",
+                 device: str = "cpu", warmup: int = 3, steps: int = 10, n_unlabeled: int = 4, seed: int = 0,
+                 env: Optional[dict] = None) -> dict:
+    """Measure each trainer in a child process; ratios are relative to the first trainer."""
+    results: List[dict] = []
+    for name in trainers:
+        cmd = [sys.executable, "-m", "nnunet_cps4.cost", "--child", dataset, configuration, plans, name, device,
+               str(warmup), str(steps), str(n_unlabeled), str(seed)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        lines = [line for line in out.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+        if out.returncode != 0 or not lines:
+            raise RuntimeError(f"cost measurement of {name} failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+        results.append(json.loads(lines[-1][len(RESULT_PREFIX):]))
+    reference = results[0]
+    for r in results:
+        r["time_ratio"] = r["seconds_per_iteration"] / reference["seconds_per_iteration"]
+        r["memory_ratio"] = (r["peak_memory_mb"] / reference["peak_memory_mb"]
+                             if r["peak_memory_mb"] and reference["peak_memory_mb"] else None)
+    return {"reference": reference["trainer"], "results": results,
+            "protocol": f"same labeled batch, {warmup} warm-up + {steps} timed train_step calls each, data loading "
+                        f"excluded, median time; each trainer in its own process"}
+
+
+def format_cost_table(cost: dict) -> str:
+    rows = ["| trainer | s / iteration (median) | ratio | peak memory (MB) | ratio |", "|---|---|---|---|---|"]
+    for r in cost["results"]:
+        memory = f"{r['peak_memory_mb']:.0f}" if r["peak_memory_mb"] else "n/a"
+        memory_ratio = f"{r['memory_ratio']:.2f}x" if r["memory_ratio"] else "n/a"
+        rows.append(f"| {r['trainer']} | {r['seconds_per_iteration']:.3f} | {r['time_ratio']:.2f}x | {memory} | "
+                    f"{memory_ratio} |")
+    return "\n".join(rows)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--child":
+        d, c, p, t, dev, w, s, n, seed = argv[1:10]
+        result = _measure_in_this_process(d, c, p, t, dev, int(w), int(s), int(n), int(seed))
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return
+    parser = argparse.ArgumentParser(prog="nnUNetv2_cps4_cost", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-d", required=True, help="dataset id or name (planned, unlabeled images present)")
+    parser.add_argument("-c", default="2d")
+    parser.add_argument("-p", default="nnUNetPlans")
+    parser.add_argument("-tr", nargs="+", default=["nnUNetTrainer", "nnUNetTrainerMeanTeacher", "nnUNetTrainerCPS4"],
+                        help="trainers; the first is the reference of the ratios")
+    parser.add_argument("-device", default="cpu")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("-o", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    cost = measure_cost(args.d, args.c, args.tr, args.p, args.device, args.warmup, args.steps)
+    print(format_cost_table(cost))
+    if args.o:
+        with open(args.o, "w") as f:
+            json.dump(cost, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
