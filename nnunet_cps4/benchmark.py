@@ -56,8 +56,8 @@ PRESETS: Dict[str, dict] = {
     "gpu": dict(fractions=[0.05], seeds=[0, 1, 2], methods=["supervised", "meanteacher", "cps4"],
                 schedule="cpuBench", device="cuda", phantom_cases=50, phantom_test=10, cost=True),
     # tests: tiny phantom, smoke schedule
-    "tiny": dict(fractions=[0.5], seeds=[0], methods=["supervised", "meanteacher", "cps4"], schedule="smoke",
-                 device="cpu", phantom_cases=8, phantom_test=2, phantom_size="5x96x40", cost=True),
+    "tiny": dict(fractions=[0.5], seeds=[0], methods=["supervised", "cps4"], schedule="smoke",
+                 device="cpu", phantom_cases=8, phantom_test=2, phantom_size="4x80x32", cost=True),
 }
 PROTOCOL_KEYS = ("source", "phantom_cases", "phantom_test", "phantom_size", "phantom_seed", "schedule",
                  "configuration", "batch_size", "fold")

@@ -34,17 +34,9 @@ def cli(name, *args, env, check=True, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """Planned and preprocessed toy dataset (2d, 3d_fullres); the plugin found via nnUNet_extTrainer."""
-    base = tmp_path_factory.mktemp("e2e")
-    e = dict(os.environ, nnUNet_raw=str(base / "raw"), nnUNet_preprocessed=str(base / "pre"),
-             nnUNet_results=str(base / "res"), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="1", nnUNet_compile="false",
-             nnUNet_extTrainer=EXT_TRAINER_FOLDER, PYTHONUNBUFFERED="1")
-    e.pop("nnUNet_cps4_prompts", None)
-    make_toy_dataset(e["nnUNet_raw"], n_test=2)
-    cli("nnUNetv2_plan_and_preprocess", "-d", 501, "-c", "2d", "3d_fullres", "-np", 1, "-npfp", 1, env=e)
-    e["nnUNet_n_proc_DA"] = "0"  # training: data augmentation in the main process (2 cores)
-    return e
+def env(planned_toy):
+    """The shared planned toy dataset (2d, 3d_fullres); the plugin found via nnUNet_extTrainer."""
+    return dict(planned_toy, nnUNet_extTrainer=EXT_TRAINER_FOLDER)
 
 
 def model_folder(env, trainer, configuration="2d"):

@@ -29,15 +29,8 @@ def snapshot(folder):
 
 
 @pytest.fixture(scope="module")
-def planned(tmp_path_factory):
-    """A toy dataset planned and preprocessed by stock nnU-Net (2d), shared read-only by the tests."""
-    base = tmp_path_factory.mktemp("planned")
-    env = dict(os.environ, nnUNet_raw=str(base / "raw"), nnUNet_preprocessed=str(base / "pre"),
-               nnUNet_results=str(base / "res"), nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1")
-    make_toy_dataset(env["nnUNet_raw"])
-    subprocess.run([os.path.join(BIN, "nnUNetv2_plan_and_preprocess"), "-d", "501", "-c", "2d", "-np", "1",
-                    "-npfp", "1"], env=env, check=True, capture_output=True)
-    return env
+def planned(planned_toy):
+    return planned_toy
 
 
 @pytest.fixture
@@ -192,7 +185,8 @@ def test_missing_channel_in_multichannel_dataset(tmp_path):
 
 
 def test_console_script(planned, tmp_path):
-    env = dict(planned)
+    env = dict(planned, nnUNet_preprocessed=str(tmp_path / "pre"))
+    shutil.copytree(planned["nnUNet_preprocessed"], env["nnUNet_preprocessed"])
     ok = subprocess.run([os.path.join(BIN, "nnUNetv2_cps4_preprocess_unlabeled"), "-d", "501", "-c", "2d",
                          "-np", "2"], env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr

@@ -1,0 +1,92 @@
+"""The VLM: shapes for 2d/3d plans and the ViT option, every trainer variant instantiates, metadata checks."""
+import json
+import os
+
+import pytest
+import torch
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnunet_cps4.errors import CPS4Error
+from nnunet_cps4.trainers.vlm_pretraining import check_vlm_metadata
+from nnunet_cps4.vlm import VLMConfig, build_vlm, random_text_features
+
+
+@pytest.fixture(scope="module")
+def plans(planned_toy, tmp_path_factory):
+    pre = os.path.join(planned_toy["nnUNet_preprocessed"], "Dataset501_Toy")
+    with open(os.path.join(pre, "dataset.json")) as f:
+        dataset_json = json.load(f)
+    # trainers write log folders: give them their own results folder
+    env = dict(planned_toy, nnUNet_results=str(tmp_path_factory.mktemp("vlm_results")))
+    return PlansManager(os.path.join(pre, "nnUNetPlans.json")), dataset_json, env
+
+
+@pytest.mark.parametrize("configuration,vision", [("2d", "plans"), ("3d_fullres", "plans"), ("2d", "vit")])
+def test_similarity_maps_have_one_channel_per_class_at_input_resolution(plans, configuration, vision):
+    pm, _, _ = plans
+    cm = pm.get_configuration(configuration)
+    vlm = build_vlm(VLMConfig(vision=vision, embed_dim=16), pm, cm, 1, random_text_features(2, 384))
+    x = torch.randn(2, 1, *cm.patch_size)
+    s = vlm(x)
+    assert s.shape == (2, 2, *cm.patch_size)
+    s.mean().backward()
+    assert vlm.text_projection.weight.grad is not None and vlm.logit_scale.grad is not None
+    assert vlm.text_features.requires_grad is False  # frozen prompt embeddings: a buffer
+    p = vlm.probabilities(x)
+    assert float(p.min()) >= 0 and float(p.max()) <= 1
+
+
+def test_vit_refuses_3d_and_bad_weights_file_is_named(plans, tmp_path):
+    pm, _, _ = plans
+    with pytest.raises(CPS4Error, match="2d configuration"):
+        build_vlm(VLMConfig(vision="vit"), pm, pm.get_configuration("3d_fullres"), 1, torch.zeros(2, 8))
+    bad = tmp_path / "w.pth"
+    torch.save({"not": torch.zeros(1)}, bad)
+    with pytest.raises(CPS4Error, match=str(bad)):
+        build_vlm(VLMConfig(vision_weights=str(bad)), pm, pm.get_configuration("2d"), 1, torch.zeros(2, 8))
+    with pytest.raises(CPS4Error, match="unknown"):
+        build_vlm(VLMConfig(vision="resnet"), pm, pm.get_configuration("2d"), 1, torch.zeros(2, 8))
+
+
+def test_vision_weights_from_a_local_file_are_used(plans, tmp_path):
+    pm, _, _ = plans
+    cm = pm.get_configuration("2d")
+    first = build_vlm(VLMConfig(embed_dim=8), pm, cm, 1, torch.zeros(2, 8))
+    path = tmp_path / "vision.pth"
+    torch.save(first.vision.state_dict(), path)
+    second = build_vlm(VLMConfig(embed_dim=8, vision_weights=str(path)), pm, cm, 1, torch.zeros(2, 8))
+    for k, v in first.vision.state_dict().items():
+        assert torch.equal(second.vision.state_dict()[k], v)
+
+
+def test_metadata_mismatch_lists_every_difference():
+    found = {"format": "cps4-vlm/1", "vlm_trainer": "A", "dataset": "D", "plans": "P", "configuration": "2d",
+             "class_names": ["a"], "label_ids": [1], "prompt_fingerprint": "x", "text_encoder": "hf:m"}
+    check_vlm_metadata(found, dict(found), "ckpt")
+    with pytest.raises(CPS4Error) as info:
+        check_vlm_metadata(found, dict(found, configuration="3d_fullres", text_encoder="hf:other"), "ckpt.pth")
+    assert "configuration" in str(info.value) and "text_encoder" in str(info.value) and "ckpt.pth" in str(info.value)
+    with pytest.raises(CPS4Error, match="not a CPS4 VLM checkpoint"):
+        check_vlm_metadata({}, found, "x")
+
+
+def test_every_trainer_variant_instantiates(plans, monkeypatch):
+    """All 90-odd generated names build; schedules are applied; every CPS4 variant names an existing VLM."""
+    from nnunet_cps4.trainers import registry
+    from nnunet_cps4.trainers.schedules import SCHEDULES
+
+    pm, dataset_json, env = plans
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(k, env[k])
+    for name in registry.__all__:
+        cls = getattr(registry, name)
+        plans_dict = dict(pm.plans, continue_training=False)
+        trainer = cls(plans=plans_dict, configuration="2d", fold=0, dataset_json=dataset_json,
+                      device=torch.device("cpu"))
+        suffix = name.rsplit("_", 1)[-1]
+        if suffix in SCHEDULES and "epochs" in SCHEDULES[suffix]:
+            assert trainer.num_epochs == SCHEDULES[suffix]["epochs"], name
+        if hasattr(cls, "vlm_trainer_name"):
+            assert hasattr(registry, cls.vlm_trainer_name), name
+            if suffix in SCHEDULES:
+                assert cls.vlm_trainer_name.endswith("_" + suffix), name
