@@ -40,6 +40,11 @@ METHODS: Dict[str, str] = {
     "cps4_noPixelLoss": "nnUNetTrainerCPS4_noPixelLoss",
     "cps4_randomText": "nnUNetTrainerCPS4_randomText",
     "cps4_textOnly": "nnUNetTrainerCPS4_textOnly",
+    # the stage-(i) VLMs themselves: their fused maps as a segmentation (CPS4 reuses the same checkpoints)
+    "vlm": "nnUNetTrainerCPS4VLM",
+    "vlm_noTokenLoss": "nnUNetTrainerCPS4VLM_noTokenLoss",
+    "vlm_noPixelLoss": "nnUNetTrainerCPS4VLM_noPixelLoss",
+    "vlm_randomText": "nnUNetTrainerCPS4VLM_randomText",
 }
 BASELINE = "supervised"
 
@@ -56,7 +61,7 @@ PRESETS: Dict[str, dict] = {
     "gpu": dict(fractions=[0.05], seeds=[0, 1, 2], methods=["supervised", "meanteacher", "cps4"],
                 schedule="cpuBench", device="cuda", phantom_cases=50, phantom_test=10, cost=True),
     # tests: tiny phantom, smoke schedule
-    "tiny": dict(fractions=[0.5], seeds=[0], methods=["supervised", "cps4"], schedule="smoke",
+    "tiny": dict(fractions=[0.5], seeds=[0], methods=["supervised", "vlm", "cps4"], schedule="smoke",
                  device="cpu", phantom_cases=8, phantom_test=2, phantom_size="4x80x32", cost=True),
 }
 PROTOCOL_KEYS = ("source", "phantom_cases", "phantom_test", "phantom_size", "phantom_seed", "schedule",
@@ -180,14 +185,21 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
                 run["methods"][method] = json.load(f)
             continue
         train_seconds = None
+        is_vlm = method.startswith("vlm")
+        common = [str(dataset_id), args.configuration, args.fold, "-tr", trainer, "-p", plans_id, "-device",
+                  args.device]
         if not os.path.isfile(os.path.join(model, f"fold_{args.fold}", "checkpoint_final.pth")):
             print(f"[{run_key}] training {trainer} ...", flush=True)
-            train_seconds = _run([_script("nnUNetv2_train"), str(dataset_id), args.configuration, args.fold, "-tr",
-                                  trainer, "-p", plans_id, "-device", args.device], env, log)
-        _run([_script("nnUNetv2_predict"), "-i", os.path.join(source, "imagesTs"), "-o", pred, "-d", str(dataset_id),
-              "-c", args.configuration, "-f", args.fold, "-tr", trainer, "-p", plans_id, "-device", args.device,
-              "-chk", "checkpoint_final.pth"] + (["-npp", "0", "-nps", "0"] if args.device == "cpu" else []),
-             env, log)
+            train_seconds = _run([_script("nnUNetv2_cps4_pretrain_vlm" if is_vlm else "nnUNetv2_train")] + common,
+                                 env, log)
+        images = os.path.join(source, "imagesTs")
+        if is_vlm:
+            _run([_script("nnUNetv2_cps4_predict_vlm"), "-i", images, "-o", pred, "-d", str(dataset_id), "-c",
+                  args.configuration, "-f", args.fold, "-tr", trainer, "-p", plans_id, "-device", args.device], env, log)
+        else:
+            _run([_script("nnUNetv2_predict"), "-i", images, "-o", pred, "-d", str(dataset_id), "-c", args.configuration,
+                  "-f", args.fold, "-tr", trainer, "-p", plans_id, "-device", args.device, "-chk",
+                  "checkpoint_final.pth"] + (["-npp", "0", "-nps", "0"] if args.device == "cpu" else []), env, log)
         # the only place the test labels are read
         metrics = evaluate_folder(pred, os.path.join(source, "labelsTs"), labels, dataset_json["file_ending"])
         metrics.update({"trainer": trainer, "train_seconds": train_seconds})

@@ -18,7 +18,7 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     with open(out / "results.json") as f:
         results = json.load(f)
     summary = results["summary"]["0.5"]
-    assert set(summary) == {"supervised", "cps4"}
+    assert set(summary) == {"supervised", "vlm", "cps4"}
     for entry in summary.values():
         assert entry["seeds"] == 1 and len(entry["per_class_Dice"]) == 19
     # every method saw the same labeled cases, batch size and plans

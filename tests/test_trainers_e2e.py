@@ -155,12 +155,20 @@ def test_killed_mean_teacher_resumes_with_its_teacher(env, monkeypatch):
     assert len(final["logging"]["ssl_lambda"]) == 2
 
 
-def test_cps4_runs_stage1_then_stage2_and_predicts(env, tmp_path):
-    result = train(env, "nnUNetTrainerCPS4_smoke")
-    assert "No stage-(i) VLM" in result.stdout
+def test_stage1_console_script_then_cps4_predicts(env, tmp_path):
+    cli("nnUNetv2_cps4_pretrain_vlm", 501, "2d", 0, "-tr", "nnUNetTrainerCPS4VLM_smoke", "-device", "cpu", env=env)
     vlm_fold = os.path.join(model_folder(env, "nnUNetTrainerCPS4VLM_smoke"), "fold_0")
-    assert os.path.isfile(os.path.join(vlm_fold, "checkpoint_final.pth"))
+    for f in ("checkpoint_final.pth", "progress.png", "validation_vlm/summary.json"):
+        assert os.path.isfile(os.path.join(vlm_fold, f)), f
     assert any(f.endswith(".png") for f in os.listdir(os.path.join(vlm_fold, "validation_vlm")))
+    with open(os.path.join(vlm_fold, "validation_vlm", "summary.json")) as f:
+        assert set(json.load(f)["fused_map_dice_per_class"]) == {"a", "b"}
+    vlm_ckpt = load(os.path.join(vlm_fold, "checkpoint_final.pth"))
+    assert vlm_ckpt["cps4_state"]["vlm_metadata"]["text_encoder"] == "hf:all-MiniLM-L6-v2-builtin"
+    assert len(vlm_ckpt["logging"]["token_loss"]) == 2
+
+    result = train(env, "nnUNetTrainerCPS4_smoke")
+    assert "Stage-(i) VLM loaded" in result.stdout and "No stage-(i) VLM" not in result.stdout
     fold = os.path.join(model_folder(env, "nnUNetTrainerCPS4_smoke"), "fold_0")
     ckpt = load(os.path.join(fold, "checkpoint_final.pth"))
     state = ckpt["cps4_state"]
@@ -191,7 +199,7 @@ def test_cps4_resume_uses_the_checkpointed_vlm(env):
     fold = os.path.join(model_folder(env, "nnUNetTrainerCPS4_smoke"), "fold_0")
     vlm_dir = model_folder(env, "nnUNetTrainerCPS4VLM_smoke")
     if not os.path.isdir(vlm_dir):
-        pytest.skip("needs the stage-(i) run of test_cps4_runs_stage1_then_stage2_and_predicts")
+        pytest.skip("needs the stage-(i) run of test_stage1_console_script_then_cps4_predicts")
     shutil.rmtree(fold, ignore_errors=True)
     latest = _kill_after_first_checkpoint(env, "nnUNetTrainerCPS4_smoke", fold)
     moved = vlm_dir + "_moved"
@@ -210,7 +218,7 @@ def test_cps4_resume_uses_the_checkpointed_vlm(env):
 def test_cps4_refuses_a_vlm_trained_with_other_prompts(env, tmp_path):
     vlm_dir = model_folder(env, "nnUNetTrainerCPS4VLM_smoke")
     if not os.path.isdir(vlm_dir):
-        pytest.skip("needs the stage-(i) run of test_cps4_runs_stage1_then_stage2_and_predicts")
+        pytest.skip("needs the stage-(i) run of test_stage1_console_script_then_cps4_predicts")
     # fold 1 gets fold 0's VLM (trained with the label-name template prompts); this run asks for other prompts
     shutil.rmtree(os.path.join(vlm_dir, "fold_1"), ignore_errors=True)
     shutil.copytree(os.path.join(vlm_dir, "fold_0"), os.path.join(vlm_dir, "fold_1"))
@@ -237,7 +245,8 @@ def test_too_few_labeled_cases_for_a_fold_is_a_clear_error(tmp_path):
 
 
 def test_cps4_trains_and_predicts_3d_fullres(env, tmp_path):
-    train(env, "nnUNetTrainerCPS4_smoke", "all", "3d_fullres")
+    result = train(env, "nnUNetTrainerCPS4_smoke", "all", "3d_fullres")
+    assert "No stage-(i) VLM" in result.stdout  # the single command runs stage (i) first
     files = predict(env, "nnUNetTrainerCPS4_smoke", str(tmp_path / "pred3d"), "3d_fullres", "all")
     assert files == ["t10.nii.gz", "t9.nii.gz"]
     assert os.path.isfile(os.path.join(model_folder(env, "nnUNetTrainerCPS4VLM_smoke", "3d_fullres"), "fold_all",

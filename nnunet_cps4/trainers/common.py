@@ -1,8 +1,10 @@
 """Plumbing shared by the plugin's trainers: extra checkpoint state, extra logged keys, the optimizer step."""
 import os
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional
 
+import numpy as np
 import torch
+from torch import distributed as dist
 from torch import nn
 from torch._dynamo import OptimizedModule
 
@@ -19,6 +21,22 @@ def register_log_keys(trainer, keys: Iterable[str]) -> None:
     """Let nnU-Net's logger accept `keys` (it rejects unknown ones); each must then be logged once per epoch."""
     for key in keys:
         trainer.logger.local_logger.my_fantastic_logging.setdefault(key, [])
+
+
+def nan_mean(values) -> float:
+    values = np.asarray(values, dtype=float)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def log_epoch_means(trainer, outputs: List[dict], keys: Iterable[str]) -> None:
+    """Log, for this epoch, the mean of each key over the steps' outputs (and over DDP ranks), NaNs ignored."""
+    for key in keys:
+        value = nan_mean([o[key] for o in outputs if key in o])
+        if trainer.is_ddp:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, value)
+            value = nan_mean(gathered)
+        trainer.logger.log(key, value, trainer.current_epoch)
 
 
 def backward_and_step(trainer, loss: torch.Tensor) -> None:

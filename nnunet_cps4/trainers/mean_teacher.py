@@ -23,13 +23,12 @@ from torch import autocast, nn
 from torch import distributed as dist
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_cps4.errors import CPS4Error
 from nnunet_cps4.trainers.common import (ExtraCheckpointStateMixin, FoldGuardMixin, backward_and_step,
-                                        register_log_keys, unwrap)
+                                        log_epoch_means, register_log_keys, unwrap)
 
 
 def sigmoid_rampup(progress: float) -> float:
@@ -221,15 +220,7 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
     # --- logging -------------------------------------------------------------------------------------------
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
-        collated = collate_outputs(train_outputs)
-        for key in self.ssl_log_keys:
-            value = float(np.nanmean(collated[key])) if key in collated and not np.all(np.isnan(collated[key])) \
-                else float("nan")
-            if self.is_ddp:
-                gathered = [None] * dist.get_world_size()
-                dist.all_gather_object(gathered, value)
-                value = float(np.nanmean(gathered))
-            self.logger.log(key, value, self.current_epoch)
+        log_epoch_means(self, train_outputs, self.ssl_log_keys)
 
     def on_epoch_end(self):
         epoch = self.current_epoch

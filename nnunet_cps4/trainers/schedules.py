@@ -20,6 +20,7 @@ SCHEDULES: Dict[str, dict] = {
     "demo": dict(epochs=12, iterations_per_epoch=50, val_iterations_per_epoch=2),
     # docs/BENCHMARKS.md on 2 CPU cores: 2000 iterations
     "cpuBench": dict(epochs=40, iterations_per_epoch=50, val_iterations_per_epoch=4, save_every=10),
+    "cpu5k": dict(epochs=100, iterations_per_epoch=50, val_iterations_per_epoch=2, save_every=25),
     # nnU-Net's own lengths (250 iterations per epoch)
     "5epochs": dict(epochs=5),
     "10epochs": dict(epochs=10),

@@ -25,13 +25,12 @@ from torch import distributed as dist
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
 from nnunet_cps4.errors import CPS4Error
 from nnunet_cps4.trainers.common import (ExtraCheckpointStateMixin, FoldGuardMixin, backward_and_step,
-                                        register_log_keys, unwrap)
+                                        log_epoch_means, register_log_keys, unwrap)
 from nnunet_cps4.vlm import VLMConfig
 
 VLM_METADATA_FORMAT = "cps4-vlm/1"
@@ -170,16 +169,8 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
-        collated = collate_outputs(train_outputs)
-        values = {"token_loss": float(np.mean(collated["token_loss"])),
-                  "pixel_loss": float(np.mean(collated["pixel_loss"])),
-                  "temperature": float(1.0 / unwrap(self.network).logit_scale.exp().clamp(max=100).item())}
-        for key, value in values.items():
-            if self.is_ddp:
-                gathered = [None] * dist.get_world_size()
-                dist.all_gather_object(gathered, value)
-                value = float(np.mean(gathered))
-            self.logger.log(key, value, self.current_epoch)
+        temperature = float(1.0 / unwrap(self.network).logit_scale.exp().clamp(max=100).item())
+        log_epoch_means(self, [dict(o, temperature=temperature) for o in train_outputs], self.stage1_log_keys)
 
     def on_epoch_end(self):
         self.print_to_log_file("stage (i): " + ", ".join(
