@@ -51,15 +51,15 @@ BASELINE = "supervised"
 PRESETS: Dict[str, dict] = {
     # the README's main job: one seed, CPS4 beside supervised nnU-Net, <= 15 minutes on 2 CPU cores
     "demo": dict(fractions=[0.05], seeds=[0], methods=["supervised", "cps4"], schedule="demo", device="cpu",
-                 phantom_cases=50, phantom_test=10, cost=False),
+                 phantom_cases=50, phantom_test=10, phantom_size="5x96x40", cost=False),
     # docs/BENCHMARKS.md on 2 CPU cores
-    "cpu": dict(fractions=[0.05, 0.10], seeds=[0, 1, 2],
-                methods=["supervised", "meanteacher", "cps4", "cps4_noTokenLoss", "cps4_noPixelLoss",
-                         "cps4_randomText"],
-                schedule="cpuBench", device="cpu", phantom_cases=50, phantom_test=10, cost=True),
+    "cpu": dict(fractions=[0.05, 0.10], seeds=[0, 1, 2], methods=["supervised", "meanteacher", "vlm", "cps4"],
+                schedule="cpu5k", device="cpu", phantom_cases=50, phantom_test=10, phantom_size="5x96x40",
+                cost=True),
     # one H100/H200, about 10 minutes (sized by arithmetic from CPU timings, not yet run on a GPU)
     "gpu": dict(fractions=[0.05], seeds=[0, 1, 2], methods=["supervised", "meanteacher", "cps4"],
-                schedule="cpuBench", device="cuda", phantom_cases=50, phantom_test=10, cost=True),
+                schedule="cpu5k", device="cuda", phantom_cases=50, phantom_test=10, phantom_size="5x96x40",
+                cost=True),
     # tests: tiny phantom, smoke schedule
     "tiny": dict(fractions=[0.5], seeds=[0], methods=["supervised", "vlm", "cps4"], schedule="smoke",
                  device="cpu", phantom_cases=8, phantom_test=2, phantom_size="4x80x32", cost=True),
@@ -363,7 +363,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
     if args.phantom_size is None:
-        args.phantom_size = preset.get("phantom_size", "7x160x64")
+        args.phantom_size = preset["phantom_size"]
     args.cost = preset["cost"] and not args.no_cost
     args.batch_size = args.batch_size or None
     if BASELINE not in args.methods:

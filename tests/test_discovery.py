@@ -34,7 +34,7 @@ def test_nnunet_lookup_finds_ours_and_the_users_trainers(tmp_path):
     code = textwrap.dedent("""
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find
         for name in ("nnUNetTrainerMyLab", "nnUNetTrainerCPS4", "nnUNetTrainerMeanTeacher_smoke",
-                     "nnUNetTrainerCPS4_noTokenLoss_50epochs", "nnUNetTrainerSupervised_cpuBench"):
+                     "nnUNetTrainerCPS4_noTokenLoss_50epochs", "nnUNetTrainerSupervised_cpu5k"):
             cls = find(name)
             print(name, cls.__module__)
         import sys

@@ -1,6 +1,6 @@
 """Schedule variants of every trainer family, generated from `schedules.SCHEDULES`.
 
-For each schedule S of schedules.SCHEDULES (smoke, demo, cpuBench, 5epochs, ..., 250epochs) this module defines
+For each schedule S of schedules.SCHEDULES (smoke, demo, cpu5k, 5epochs, ..., 250epochs) this module defines
   nnUNetTrainerSupervised_S          plain nnU-Net on the labeled cases (the baseline, same schedule)
   nnUNetTrainerMeanTeacher_S         the mean teacher
   nnUNetTrainerCPS4VLM[_ablation]_S  stage (i)
