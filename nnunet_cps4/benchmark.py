@@ -203,11 +203,27 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
         # the only place the test labels are read
         metrics = evaluate_folder(pred, os.path.join(source, "labelsTs"), labels, dataset_json["file_ending"])
         metrics.update({"trainer": trainer, "train_seconds": train_seconds})
+        if method.startswith("cps4") and METHODS[method] != "nnUNetTrainerCPS4_noText":
+            # training signal, not a test number: pseudo labels on unlabeled training cases vs the source labels
+            from nnunet_cps4.pseudo_label_quality import pseudo_label_quality, unlabeled_cases_with_references
+
+            cases, refs = unlabeled_cases_with_references(raw, os.path.join(source, "labelsTr"),
+                                                          dataset_json["file_ending"],
+                                                          len(dataset_json["channel_names"]), limit=10)
+            if cases:
+                metrics["pseudo_labels"] = pseudo_label_quality(model, args.fold, cases, refs,
+                                                                torch_device(args.device))
         with open(metrics_file, "w") as f:
             json.dump(metrics, f, indent=1)
         run["methods"][method] = metrics
         print(f"[{run_key}] {method}: mean Dice {metrics['mean']['Dice']:.4f}", flush=True)
     return run
+
+
+def torch_device(name: str):
+    import torch
+
+    return torch.device(name)
 
 
 def summarize(runs: List[dict], methods: List[str], class_names: List[str]) -> dict:
@@ -228,6 +244,10 @@ def summarize(runs: List[dict], methods: List[str], class_names: List[str]) -> d
                 values = np.array([m["per_class"][c]["Dice"] for m in per_seed], dtype=float)
                 entry["per_class_Dice"][c] = [float(np.nanmean(values)), float(np.nanstd(values))] \
                     if np.isfinite(values).any() else [float("nan"), float("nan")]
+            quality = [m["pseudo_labels"]["mean_Dice"] for m in per_seed if "pseudo_labels" in m]
+            if quality:
+                entry["pseudo_label_mean_Dice"] = {k: [float(np.mean([q[k] for q in quality])),
+                                                       float(np.std([q[k] for q in quality]))] for k in quality[0]}
             summary[str(fraction)][method] = entry
     return summary
 
@@ -245,6 +265,12 @@ def markdown_table(summary: dict, class_names: List[str], args) -> str:
             hd = e["mean_HD95"]
             lines.append(f"| {method} | {pm(e['mean_Dice'])} | {100 * delta:+.1f} | {pm(e['mean_IoU'])} | "
                          f"{'n/a' if np.isnan(hd[0]) else f'{hd[0]:.1f} ± {hd[1]:.1f}'} | {e['seeds']} |")
+        quality = {m: e["pseudo_label_mean_Dice"] for m, e in methods.items() if "pseudo_label_mean_Dice" in e}
+        if quality:
+            lines += ["", "Pseudo labels on unlabeled training cases (mean Dice vs their true labels, final "
+                      "teacher/VLM; a training signal, not a test score):", "",
+                      "| method | teacher | VLM (y_text) | refined |", "|---|---|---|---|"]
+            lines += [f"| {m} | {pm(q['teacher'])} | {pm(q['text'])} | {pm(q['refined'])} |" for m, q in quality.items()]
         lines += ["", "| class | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
         for c in class_names:
             lines.append(f"| {c} | " + " | ".join(pm(methods[m]["per_class_Dice"][c]) for m in methods) + " |")

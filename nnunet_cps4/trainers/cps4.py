@@ -82,10 +82,12 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
         if self.vlm is not None or not self.use_text:
             return
         from nnunet_cps4.pretrain_vlm import find_trainer_class, run_stage1
-        from nnunet_cps4.trainers.vlm_pretraining import load_vlm, vlm_output_folder
+        from nnunet_cps4.trainers.vlm_pretraining import load_vlm, vlm_from_metadata, vlm_output_folder
 
         if self._restored_vlm_state is not None:
-            self.vlm, self.vlm_metadata = self._vlm_from_state(self._restored_vlm_state)
+            self.vlm_metadata = self._restored_vlm_state["vlm_metadata"]
+            self.vlm = vlm_from_metadata(self.vlm_metadata, self._restored_vlm_state["vlm_weights"],
+                                         self.plans_manager, self.configuration_manager).to(self.device)
         else:
             folder = vlm_output_folder(self.vlm_trainer_name, self.plans_manager, self.configuration_name,
                                        self.fold)
@@ -102,18 +104,6 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
             self.print_to_log_file(f"Stage-(i) VLM loaded from {checkpoint}")
         self.vlm.requires_grad_(False)
         self.vlm.eval()
-
-    def _vlm_from_state(self, state: dict):
-        from dataclasses import replace
-
-        from nnunet_cps4.vlm import VLMConfig, build_vlm
-
-        metadata = state["vlm_metadata"]
-        config = replace(VLMConfig.from_dict(metadata["vlm_config"]), vision_weights=None)
-        vlm = build_vlm(config, self.plans_manager, self.configuration_manager, metadata["num_input_channels"],
-                        torch.zeros(len(metadata["class_names"]), metadata["text_dim"]))
-        vlm.load_state_dict(state["vlm_weights"])
-        return vlm.to(self.device), metadata
 
     def on_train_start(self):
         if not self.was_initialized:

@@ -245,13 +245,23 @@ def vlm_output_folder(vlm_trainer_name: str, plans_manager, configuration: str, 
                         f"{vlm_trainer_name}__{plans_manager.plans_name}__{configuration}", f"fold_{fold}")
 
 
-def load_vlm(checkpoint_file: str, plans_manager, configuration_manager, device: torch.device,
-             expected: Optional[dict] = None):
-    """(VLM in eval mode, metadata) from a stage-(i) checkpoint, refusing one whose metadata does not match."""
+def vlm_from_metadata(metadata: dict, weights: dict, plans_manager, configuration_manager):
+    """Rebuild a trained VLM from its metadata and state dict (no text encoder needed: the prompt embeddings are
+    a buffer of the state dict; the vision weights file only initialised training, so it is not read again)."""
     from dataclasses import replace
 
     from nnunet_cps4.vlm import build_vlm
 
+    config = replace(VLMConfig.from_dict(metadata["vlm_config"]), vision_weights=None)
+    vlm = build_vlm(config, plans_manager, configuration_manager, metadata["num_input_channels"],
+                    torch.zeros(len(metadata["class_names"]), metadata["text_dim"]))
+    vlm.load_state_dict(weights)
+    return vlm
+
+
+def load_vlm(checkpoint_file: str, plans_manager, configuration_manager, device: torch.device,
+             expected: Optional[dict] = None):
+    """(VLM in eval mode, metadata) from a stage-(i) checkpoint, refusing one whose metadata does not match."""
     checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
     metadata = (checkpoint.get("cps4_state") or {}).get("vlm_metadata")
     if metadata is None:
@@ -259,11 +269,7 @@ def load_vlm(checkpoint_file: str, plans_manager, configuration_manager, device:
                         f"nnUNetv2_cps4_pretrain_vlm")
     if expected is not None:
         check_vlm_metadata(metadata, expected, checkpoint_file)
-    # the vision weights file only initialised training; the checkpoint holds the trained weights
-    config = replace(VLMConfig.from_dict(metadata["vlm_config"]), vision_weights=None)
-    text = torch.zeros(len(metadata["class_names"]), metadata["text_dim"])
-    vlm = build_vlm(config, plans_manager, configuration_manager, metadata["num_input_channels"], text)
-    vlm.load_state_dict(checkpoint["network_weights"])
+    vlm = vlm_from_metadata(metadata, checkpoint["network_weights"], plans_manager, configuration_manager)
     return vlm.to(device).eval(), metadata
 
 

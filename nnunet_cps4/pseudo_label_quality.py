@@ -1,0 +1,111 @@
+"""How good are the pseudo labels? Teacher, VLM (y_text) and refined labels of a trained CPS4 model, scored on
+unlabeled training cases whose true labels are known (the phantom's `labelsUnlabeledReference/`, or the source
+dataset of a benchmark split).
+
+This is an analysis of the training signal, not a test-set number: it reads labels of *training* cases that the
+trainer never saw, and never touches the test set. Each case is predicted whole (nnU-Net's sliding-window
+predictor, no mirroring) by the checkpoint's teacher and VLM; the refined label is formed exactly as in training
+(`nnUNetTrainerCPS4.make_pseudo_labels`: argmax(softmax(teacher) + w * VLM vote)).
+"""
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+
+def _dice(pred: np.ndarray, ref: np.ndarray, label: int) -> float:
+    p, r = pred == label, ref == label
+    denominator = p.sum() + r.sum()
+    return float(2 * (p & r).sum() / denominator) if denominator else float("nan")
+
+
+@torch.no_grad()
+def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], references: Dict[str, str],
+                         device: torch.device = torch.device("cpu"), checkpoint: str = "checkpoint_final.pth"
+                         ) -> dict:
+    """Per-class Dice of teacher, y_text and refined labels against the references, averaged over `cases`.
+
+    cases: {case id: [raw image files]}; references: {case id: raw label file}. Scores are computed in the
+    preprocessed space of the model's configuration (labels resampled like nnU-Net's training labels).
+    """
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_cps4.fusion import fuse_maps, text_probabilities
+    from nnunet_cps4.pretrain_vlm import find_trainer_class
+    from nnunet_cps4.trainers.vlm_pretraining import vlm_from_metadata
+    from nnunet_cps4.vlm_inference import vlm_predictor
+
+    fold_folder = os.path.join(model_folder, f"fold_{fold}")
+    ckpt = torch.load(os.path.join(fold_folder, checkpoint), map_location="cpu", weights_only=False)
+    state = ckpt["cps4_state"]
+    trainer_class = find_trainer_class(ckpt["trainer_name"])
+    plans_manager = PlansManager(os.path.join(model_folder, "plans.json"))
+    dataset_json = load_json(os.path.join(model_folder, "dataset.json"))
+    configuration_name = ckpt["init_args"]["configuration"]
+    configuration_manager = plans_manager.get_configuration(configuration_name)
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    n_in = state["vlm_metadata"]["num_input_channels"]
+    teacher = trainer_class.build_network_architecture(plans_manager, configuration_manager, n_in,
+                                                       label_manager.num_segmentation_heads, False)
+    teacher.load_state_dict(state["teacher_weights"])
+    teacher_predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                        perform_everything_on_device=device.type == "cuda", device=device,
+                                        verbose=False, allow_tqdm=False)
+    teacher_predictor.manual_initialization(teacher.to(device).eval(), plans_manager, configuration_manager, None,
+                                            dataset_json, ckpt["trainer_name"], None)
+    # the VLM exactly as the trainer used it (weights from the CPS4 checkpoint)
+    vlm = vlm_from_metadata(state["vlm_metadata"], state["vlm_weights"], plans_manager, configuration_manager)
+    text_predictor = vlm_predictor(vlm.to(device).eval(), plans_manager, configuration_manager, dataset_json, device)
+    settings = state["settings"]
+    preprocessor = configuration_manager.preprocessor_class(verbose=False)
+
+    class_ids = list(label_manager.foreground_labels)
+    scores = {kind: {c: [] for c in class_ids} for kind in ("teacher", "text", "refined")}
+    changed, agreement = [], []
+    for case, files in sorted(cases.items()):
+        data, ref, _ = preprocessor.run_case(files, references[case], plans_manager, configuration_manager,
+                                             dataset_json)
+        data = torch.from_numpy(data)
+        ref = ref[0]
+        logits = teacher_predictor.predict_sliding_window_return_logits(data).float().cpu()
+        probs = text_predictor.predict_sliding_window_return_logits(data).float().cpu()[1:].clamp(0, 1)
+        y_text = fuse_maps(probs[None], settings["binarize_method"], settings["fixed_threshold"],
+                           settings["min_peak"])
+        votes = torch.softmax(logits, 0)[None] + settings["text_combination_weight"] * \
+            text_probabilities(y_text, probs[None])
+        labels = {"teacher": logits.argmax(0).numpy(), "text": y_text[0].numpy(),
+                  "refined": votes.argmax(1)[0].numpy()}
+        for kind, lab in labels.items():
+            for c in class_ids:
+                if (ref == c).any():
+                    scores[kind][c].append(_dice(lab, ref, c))
+        changed.append(float((labels["refined"] != labels["teacher"]).mean()))
+        agreement.append(float((labels["text"] == labels["teacher"]).mean()))
+    names = {v: k for k, v in dataset_json["labels"].items() if isinstance(v, int)}
+    per_class = {kind: {names[c]: (float(np.mean(v)) if v else float("nan")) for c, v in s.items()}
+                 for kind, s in scores.items()}
+    return {"cases": sorted(cases), "per_class_Dice": per_class,
+            "mean_Dice": {kind: float(np.nanmean(list(v.values()))) for kind, v in per_class.items()},
+            "refined_changed_fraction": float(np.mean(changed)), "teacher_text_agreement": float(np.mean(agreement)),
+            "notes": "Dice per class over unlabeled training cases where the class is present; whole-image "
+                     "predictions of the final checkpoint's teacher and VLM, refined as in training"}
+
+
+def unlabeled_cases_with_references(split_dataset: str, reference_labels_folder: str, file_ending: str,
+                                    n_channels: int, limit: Optional[int] = None):
+    """({case: [image files]}, {case: label file}) for the unlabeled cases of a dataset that have a reference."""
+    from nnunet_cps4.dataset_layout import UNLABELED_FOLDER, case_identifiers
+
+    folder = os.path.join(split_dataset, UNLABELED_FOLDER)
+    cases, refs = {}, {}
+    for case in case_identifiers(folder, file_ending):
+        ref = os.path.join(reference_labels_folder, case + file_ending)
+        if os.path.isfile(ref):
+            cases[case] = [os.path.join(folder, f"{case}_{c:04d}{file_ending}") for c in range(n_channels)]
+            refs[case] = ref
+        if limit and len(cases) >= limit:
+            break
+    return cases, refs
