@@ -1,6 +1,6 @@
 """Turn labeled data into the semi-supervised nnU-Net raw layout (see `nnunet_cps4.dataset_layout`).
 
-Three entry points:
+Two entry points:
 
 * `convert_mrspineseg` / `nnUNetv2_cps4_convert_mrspineseg`: the public MRSpineSeg release
   (`SRC/train/MR/Case<N>.nii.gz`, `SRC/train/Mask/mask_case<N>.nii.gz`) -> `DatasetXXX_MRSpineSeg` with a seeded
@@ -9,20 +9,15 @@ Three entry points:
 * `split_labeled_dataset` / `nnUNetv2_cps4_split_labeled`: any fully labeled nnU-Net raw dataset (any number of
   channels, any file ending) -> a new semi-supervised dataset at a given labeled fraction, so "5 % labeled"
   protocols can be reproduced on one's own data.
-* `verse_labels` / `remap_label_file`: name the vertebra, disc, endplate and rib ids of the TPTBox / VerSe /
-  SPINEPS convention ("C5", "C5/C6", ..., "L5/S", "S") and build an nnU-Net labels dict plus an id mapping, so
-  VerSe-style masks can be turned into a named, consecutive nnU-Net label set before splitting.
 
-TPTBox / VerSe convention (TPTBox `core/vert_constants.py`): vertebrae C1-C7 = 1-7, T1-T12 = 8-19, T13 = 28,
-L1-L6 = 20-25, sacrum S1 = 26 (S2-S6 = 29-33), coccyx = 27; the intervertebral disc *below* vertebra v is
-100 + v (105 = C5/C6, 124 = L5/S1), the endplate of vertebra v is 200 + v, the rib of vertebra v is 32 + v.
+VerSe/TPTBox-style vertebra and disc ids are named by `nnunet_cps4.spine_labels` before splitting.
 """
 import argparse
 import json
 import os
 import re
 import shutil
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -70,7 +65,8 @@ def _read_header(path: str) -> sitk.ImageFileReader:
     return reader
 
 
-def _read_image(path: str) -> sitk.Image:
+def read_image(path: str) -> sitk.Image:
+    """SimpleITK read with a CPS4Error naming the file when it is not a readable image."""
     try:
         return sitk.ReadImage(path)
     except RuntimeError as e:
@@ -228,7 +224,7 @@ def check_image_mask_pair(image: str, mask: str, max_label: int = MRSPINESEG_MAX
     if header.GetDimension() != 3 or header.GetNumberOfComponents() != 1:
         raise CPS4Error(f"{image} is a {header.GetDimension()}D image with {header.GetNumberOfComponents()} "
                         f"component(s); expected a 3D single-channel MR volume. Fix: replace or remove the case")
-    seg = _read_image(mask)
+    seg = read_image(mask)
     if seg.GetDimension() != 3 or seg.GetNumberOfComponentsPerPixel() != 1:
         raise CPS4Error(f"{mask} is a {seg.GetDimension()}D image with {seg.GetNumberOfComponentsPerPixel()} "
                         f"component(s); expected a 3D label volume. Fix: replace or remove the case")
@@ -251,7 +247,7 @@ def _write_nifti_gz(src: str, dst: str, image: Optional[sitk.Image] = None) -> N
     if src.lower().endswith(".nii.gz"):
         _copy(src, dst)
     else:
-        sitk.WriteImage(image if image is not None else _read_image(src), dst, useCompression=True)
+        sitk.WriteImage(image if image is not None else read_image(src), dst, useCompression=True)
 
 
 def convert_mrspineseg(src: str, dataset_id: int, labeled_fraction: float, n_test: TestArg = None,
@@ -489,144 +485,6 @@ def split_labeled_dataset(source: str, dataset_id: int, labeled_fraction: float,
 
     _write_or_clean_up(folder, write)
     return folder
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# TPTBox / VerSe label convention
-# ----------------------------------------------------------------------------------------------------------------
-#: vertebra ids of the TPTBox / VerSe convention (TPTBox core/vert_constants.py, v_idx2name)
-VERSE_VERTEBRA_NAMES: Dict[int, str] = {
-    **{i: f"C{i}" for i in range(1, 8)},
-    **{i + 7: f"T{i}" for i in range(1, 13)}, 28: "T13",
-    **{i + 19: f"L{i}" for i in range(1, 7)},
-    26: "S1", **{i + 27: f"S{i}" for i in range(2, 7)}, 27: "Cocc",
-}
-#: cranio-caudal order of the vertebra ids
-VERSE_ORDER: List[int] = [*range(1, 20), 28, *range(20, 26), 26, *range(29, 34), 27]
-VERSE_SACRUM_IDS = (26, 29, 30, 31, 32, 33)
-VERSE_IVD_OFFSET = 100  # disc below vertebra v
-VERSE_ENDPLATE_OFFSET = 200  # endplate of vertebra v
-VERSE_RIB_OFFSET = 32  # rib of vertebra v (C6..T13, L1 in TPTBox)
-VERSE_RIB_VERTEBRAE = (6, 7, *range(8, 21), 28)
-
-_KIND_ORDER = {"vertebra": 0, "disc": 1, "endplate": 2, "rib": 3}
-
-
-def _verse_parse(label_id: int) -> Tuple[str, int]:
-    """(kind, vertebra id) of a TPTBox/VerSe label id, or a CPS4Error."""
-    i = int(label_id)
-    if i in VERSE_VERTEBRA_NAMES:
-        return "vertebra", i
-    if i - VERSE_IVD_OFFSET in VERSE_VERTEBRA_NAMES:
-        return "disc", i - VERSE_IVD_OFFSET
-    if i - VERSE_ENDPLATE_OFFSET in VERSE_VERTEBRA_NAMES:
-        return "endplate", i - VERSE_ENDPLATE_OFFSET
-    if i - VERSE_RIB_OFFSET in VERSE_RIB_VERTEBRAE:
-        return "rib", i - VERSE_RIB_OFFSET
-    raise CPS4Error(f"label id {i} is not a vertebra (1-33), disc (101-133), endplate (201-233) or rib (38-53) id "
-                    f"of the TPTBox/VerSe convention. Fix: map or remove it before converting")
-
-
-def verse_label_names(label_ids: Iterable[int], sacrum: str = "merge", endplates: str = "vertebra",
-                      ribs: str = "error") -> Dict[int, str]:
-    """Name each TPTBox/VerSe label id: {id: name}; 0 and dropped ids map to "background".
-
-    label_ids: the ids present in the dataset (all cases together, so names agree between cases). Vertebrae are
-    "C1".."C7", "T1".."T13", "L1".."L6", "S" (or "S1".."S6" with sacrum="separate"), "Cocc"; the disc below
-    vertebra v is "<v>/<next>", where next is the vertebra below (T13 and L6 only when present among label_ids),
-    so 105 -> "C5/C6", 119 -> "T12/L1", 124 -> "L5/S" — MRSpineSeg's names where the structures overlap.
-    sacrum: "merge" (all sacral segments and the discs between them are "S", as in MRSpineSeg) or "separate".
-    endplates: "vertebra" (part of their vertebra: TPTBox's endplate is a part of the vertebral body),
-    "separate" ("C5 endplate") or "background". ribs: "error", "separate" ("T5 rib") or "background".
-    """
-    for option, value, allowed in (("sacrum", sacrum, ("merge", "separate")),
-                                   ("endplates", endplates, ("vertebra", "separate", "background")),
-                                   ("ribs", ribs, ("error", "separate", "background"))):
-        if value not in allowed:
-            raise CPS4Error(f"{option}={value!r} is not one of {', '.join(allowed)}")
-    ids = sorted({int(i) for i in label_ids} - {0})
-    parsed = {i: _verse_parse(i) for i in ids}
-    levels = {v for _, v in parsed.values()}
-    order = [v for v in VERSE_ORDER if v not in (28, 25) or v in levels]  # T13 / L6 only where present
-
-    def vertebra(v: int) -> str:
-        return "S" if sacrum == "merge" and v in VERSE_SACRUM_IDS else VERSE_VERTEBRA_NAMES[v]
-
-    names = {0: "background"}
-    for i, (kind, v) in parsed.items():
-        if kind == "vertebra":
-            names[i] = vertebra(v)
-        elif kind == "disc":
-            position = order.index(v)
-            if position + 1 >= len(order):
-                raise CPS4Error(f"label id {i} would be a disc below the coccyx, which does not exist. Fix: map or "
-                                f"remove it before converting")
-            upper, lower = vertebra(v), vertebra(order[position + 1])
-            names[i] = upper if upper == lower else f"{upper}/{lower}"  # merged sacrum: fused sacral discs
-        elif kind == "endplate":
-            names[i] = {"vertebra": vertebra(v), "separate": f"{vertebra(v)} endplate",
-                        "background": "background"}[endplates]
-        else:
-            if ribs == "error":
-                raise CPS4Error(f"label id {i} is the rib of {VERSE_VERTEBRA_NAMES[v]}; ribs are not spine levels. "
-                                f"Fix: pass ribs='background' to drop them or ribs='separate' to keep them")
-            names[i] = f"{VERSE_VERTEBRA_NAMES[v]} rib" if ribs == "separate" else "background"
-    return names
-
-
-def verse_labels(label_ids: Iterable[int], sacrum: str = "merge", endplates: str = "vertebra",
-                 ribs: str = "error") -> Tuple[Dict[str, int], Dict[int, int]]:
-    """nnU-Net labels dict for the TPTBox/VerSe ids present, and the id mapping to apply to the masks.
-
-    Returns (labels, mapping): labels = {"background": 0, "C5": 1, ..., "C5/C6": k, ...} with consecutive ids,
-    vertebrae first, then discs, endplates, ribs, each cranio-caudally; mapping = {source id: new id} for every id
-    in label_ids (and 0). Options as in `verse_label_names`.
-    """
-    ids = {int(i) for i in label_ids} | {0}
-    names = verse_label_names(ids, sacrum=sacrum, endplates=endplates, ribs=ribs)
-    rank = {v: r for r, v in enumerate(VERSE_ORDER)}
-    keys: Dict[str, Tuple[int, int]] = {}
-    for i, name in names.items():
-        if name == "background":
-            continue
-        kind, v = _verse_parse(i)
-        kind = "vertebra" if kind == "endplate" and endplates == "vertebra" else kind
-        keys[name] = min(keys.get(name, (9, 99)), (_KIND_ORDER[kind], rank[v]))
-    ordered = sorted(keys, key=lambda n: keys[n])
-    labels = {"background": 0, **{n: k + 1 for k, n in enumerate(ordered)}}
-    return labels, {i: labels[n] for i, n in names.items()}
-
-
-def label_ids_in_files(paths: Iterable[str]) -> List[int]:
-    """All label values found in the given mask files (each read once), sorted."""
-    found = set()
-    for p in paths:
-        image = _read_image(p)  # keep a reference: the array view does not own the pixel buffer
-        values = np.unique(sitk.GetArrayViewFromImage(image))
-        for v in values:
-            if not float(v).is_integer():
-                raise CPS4Error(f"mask {p} holds the non-integer value {float(v):g}. Fix: correct the mask")
-        found.update(int(v) for v in values)
-    return sorted(found)
-
-
-def remap_label_file(src: str, dst: str, mapping: Dict[int, int]) -> None:
-    """Write `src`'s mask to `dst` with every value v replaced by mapping[v]; the geometry is kept exactly.
-
-    A value missing from `mapping` is a CPS4Error naming the file. `src` is only read.
-    """
-    image = _read_image(src)
-    array = sitk.GetArrayFromImage(image)
-    values, inverse = np.unique(array, return_inverse=True)
-    unknown = [v for v in values if v not in mapping]
-    if unknown:
-        raise CPS4Error(f"mask {src} holds value(s) {', '.join(str(int(v)) for v in unknown[:5])} that the label "
-                        f"mapping does not cover. Fix: build the mapping from all cases (label_ids_in_files)")
-    new_values = np.array([mapping[int(v)] for v in values])
-    dtype = np.uint8 if new_values.max(initial=0) < 256 else np.uint16
-    out = sitk.GetImageFromArray(new_values[inverse].reshape(array.shape).astype(dtype))
-    out.CopyInformation(image)
-    sitk.WriteImage(out, dst, useCompression=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

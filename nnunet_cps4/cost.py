@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 RESULT_PREFIX = "CPS4_COST_RESULT "
 

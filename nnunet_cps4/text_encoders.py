@@ -111,8 +111,8 @@ class HFTextEncoder(TextEncoder):
         except (OSError, ValueError, KeyError, ImportError) as e:
             msg = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else ""
             if local_files_only:
-                fix = (f"Fix: the folder must hold a transformers model and tokenizer saved with save_pretrained "
-                       f"(config.json, weights, tokenizer files)")
+                fix = ("Fix: the folder must hold a transformers model and tokenizer saved with save_pretrained "
+                       "(config.json, weights, tokenizer files)")
             else:
                 fix = (f"Fix: no model hub may be reachable here (HF_HUB_OFFLINE=1 fails fast); download it where "
                        f"one is (huggingface-cli download {source} --local-dir DIR), use 'hf:DIR', or use the "

@@ -17,8 +17,8 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_cps4.convert import (_resolve_n_test, check_image_mask_pair, convert_mrspineseg, find_mrspineseg_cases,
-                                 label_ids_in_files, remap_label_file, split_labeled_dataset, verse_label_names,
-                                 verse_labels)
+                                 split_labeled_dataset)
+from nnunet_cps4.spine_labels import label_ids_in_files, remap_label_file, verse_label_names, verse_labels
 from nnunet_cps4.dataset_layout import MRSPINESEG_LABELS, SPLIT_FILE, UNLABELED_FOLDER, case_identifiers
 from nnunet_cps4.errors import CPS4Error
 

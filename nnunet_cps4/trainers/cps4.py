@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch import distributed as dist
 
-from nnunet_cps4.errors import CPS4Error
 from nnunet_cps4.trainers.mean_teacher import nnUNetTrainerMeanTeacher
 
 
