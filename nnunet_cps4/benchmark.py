@@ -144,14 +144,23 @@ def plans_with_batch_size(preprocessed: str, configuration: str, batch_size: Opt
     return identifier
 
 
-def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, index: int, log: str) -> dict:
+def split_dataset_id(raw_root: str, name: str) -> int:
+    """The id of the split dataset `name` in this benchmark folder: the existing one, or the next free id."""
+    taken = {}
+    for folder in os.listdir(raw_root):
+        if folder.startswith("Dataset") and "_" in folder:
+            taken[folder.split("_", 1)[1]] = int(folder[7:10])
+    return taken.get(name, max(list(taken.values()) + [PHANTOM_ID]) + 1)
+
+
+def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, log: str) -> dict:
     """Split, plan, train every method, predict and evaluate for one (fraction, seed)."""
     from nnunet_cps4.convert import split_labeled_dataset
     from nnunet_cps4.dataset_layout import SPLIT_FILE
     from nnunet_cps4.evaluation import evaluate_folder
 
-    dataset_id = PHANTOM_ID + 1 + index
     name = f"Bench_f{int(round(fraction * 1000)):04d}_s{seed}"
+    dataset_id = split_dataset_id(env["nnUNet_raw"], name)
     run_key = f"fraction_{fraction}_seed_{seed}"
     raw = os.path.join(env["nnUNet_raw"], f"Dataset{dataset_id:03d}_{name}")
     if not os.path.isfile(os.path.join(raw, "dataset.json")):
@@ -321,12 +330,8 @@ def run_benchmark(args) -> dict:
     with open(os.path.join(source, "dataset.json")) as f:
         class_names = [k for k, v in json.load(f)["labels"].items() if v != 0 and k != "ignore"]
 
-    runs = []
-    index = 0
-    for fraction in args.fractions:
-        for seed in args.seeds:
-            runs.append(run_one(out, args, env, source, fraction, seed, index, log))
-            index += 1
+    runs = [run_one(out, args, env, source, fraction, seed, log) for fraction in args.fractions
+            for seed in args.seeds]
     summary = summarize(runs, args.methods, class_names)
     results = {"protocol": protocol, "command": " ".join(["nnUNetv2_cps4_benchmark"] + args.argv), "runs": runs,
                "summary": summary}
