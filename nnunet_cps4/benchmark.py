@@ -235,6 +235,13 @@ def torch_device(name: str):
     return torch.device(name)
 
 
+def mean_sd(values) -> List[float]:
+    """[mean, sd] over seeds, NaNs (class absent from every test case) ignored; [nan, nan] if all are NaN."""
+    values = np.asarray(values, dtype=float)
+    finite = values[np.isfinite(values)]
+    return [float(finite.mean()), float(finite.std())] if finite.size else [float("nan"), float("nan")]
+
+
 def summarize(runs: List[dict], methods: List[str], class_names: List[str]) -> dict:
     """mean ± sd over seeds of the mean and per-class Dice (and mean IoU/HD95), per fraction and method."""
     summary = {}
@@ -246,17 +253,11 @@ def summarize(runs: List[dict], methods: List[str], class_names: List[str]) -> d
                 continue
             entry = {"seeds": len(per_seed)}
             for metric in ("Dice", "IoU", "HD95"):
-                values = np.array([m["mean"][metric] for m in per_seed], dtype=float)
-                entry[f"mean_{metric}"] = [float(np.nanmean(values)), float(np.nanstd(values))]
-            entry["per_class_Dice"] = {}
-            for c in class_names:
-                values = np.array([m["per_class"][c]["Dice"] for m in per_seed], dtype=float)
-                entry["per_class_Dice"][c] = [float(np.nanmean(values)), float(np.nanstd(values))] \
-                    if np.isfinite(values).any() else [float("nan"), float("nan")]
+                entry[f"mean_{metric}"] = mean_sd([m["mean"][metric] for m in per_seed])
+            entry["per_class_Dice"] = {c: mean_sd([m["per_class"][c]["Dice"] for m in per_seed]) for c in class_names}
             quality = [m["pseudo_labels"]["mean_Dice"] for m in per_seed if "pseudo_labels" in m]
             if quality:
-                entry["pseudo_label_mean_Dice"] = {k: [float(np.mean([q[k] for q in quality])),
-                                                       float(np.std([q[k] for q in quality]))] for k in quality[0]}
+                entry["pseudo_label_mean_Dice"] = {k: mean_sd([q[k] for q in quality]) for k in quality[0]}
             summary[str(fraction)][method] = entry
     return summary
 

@@ -41,7 +41,7 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     # a rerun under the same protocol reuses what is done; another protocol is refused
     again = subprocess.run([os.path.join(BIN, "nnUNetv2_cps4_benchmark"), "--preset", "tiny", "--out", str(out),
                             "--no-cost", "--report", "again"], env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "training" not in again.stdout
+    assert again.returncode == 0 and "training nnUNetTrainer" not in again.stdout
     refused = subprocess.run([os.path.join(BIN, "nnUNetv2_cps4_benchmark"), "--preset", "tiny", "--out", str(out),
                               "--schedule", "5epochs"], env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "another protocol" in refused.stderr and "schedule" in refused.stderr
