@@ -35,11 +35,13 @@ from nnunet_cps4.errors import CPS4Error
 METHODS: Dict[str, str] = {
     "supervised": "nnUNetTrainerSupervised",
     "meanteacher": "nnUNetTrainerMeanTeacher",
+    "meanteacher_hardDiceCE": "nnUNetTrainerMeanTeacher_hardDiceCE",
     "cps4": "nnUNetTrainerCPS4",
     "cps4_noTokenLoss": "nnUNetTrainerCPS4_noTokenLoss",
     "cps4_noPixelLoss": "nnUNetTrainerCPS4_noPixelLoss",
     "cps4_randomText": "nnUNetTrainerCPS4_randomText",
     "cps4_textOnly": "nnUNetTrainerCPS4_textOnly",
+    "cps4_hardDiceCE": "nnUNetTrainerCPS4_hardDiceCE",
     # the stage-(i) VLMs themselves: their fused maps as a segmentation (CPS4 reuses the same checkpoints)
     "vlm": "nnUNetTrainerCPS4VLM",
     "vlm_noTokenLoss": "nnUNetTrainerCPS4VLM_noTokenLoss",

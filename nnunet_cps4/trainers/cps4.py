@@ -35,6 +35,7 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
     text_loss_weight: float = 1.0          # weight of L(student, y_text)
     combined_loss_weight: float = 1.0      # weight of L(student, combined pseudo label)
     text_combination_weight: float = 1.0   # w in argmax(softmax(teacher) + w * q_text)
+    text_silent_ignored: bool = True       # pixels where no class map fires: unsupervised in L(student, y_text)
     binarize_method: str = "otsu"          # "otsu" | "fixed"
     fixed_threshold: float = 0.5
     min_peak: float = 0.5                  # a class map whose peak is below this fires nowhere
@@ -55,7 +56,7 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
         settings = super().ssl_settings()
         settings.update({k: getattr(self, k) for k in (
             "vlm_trainer_name", "use_text", "text_loss_weight", "combined_loss_weight", "text_combination_weight",
-            "binarize_method", "fixed_threshold", "min_peak")})
+            "text_silent_ignored", "binarize_method", "fixed_threshold", "min_peak")})
         return settings
 
     # --- the VLM -------------------------------------------------------------------------------------------
@@ -127,15 +128,20 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
             return targets, stats
         from nnunet_cps4.fusion import text_probabilities
 
-        teacher_labels = targets["teacher"][1]
+        teacher_labels = torch.softmax(teacher_logits.float(), 1).argmax(1, keepdim=True)
         probs, y_text = self.text_labels(unlabeled_data)
         votes = torch.softmax(teacher_logits.float(), 1) + \
             self.text_combination_weight * text_probabilities(y_text, probs)
-        combined = votes.argmax(1, keepdim=True)
+        vote, combined = votes.max(1, keepdim=True)
+        combined = self.ignore_unconfident(combined, vote / (1 + self.text_combination_weight))
         y_text = y_text.unsqueeze(1)
         stats.update({"teacher_text_agreement": (teacher_labels == y_text).float().mean().item(),
-                      "refined_fraction": (combined != teacher_labels).float().mean().item(),
-                      "text_fired_fraction": (y_text > 0).float().mean().item()})
+                      "refined_fraction": ((combined != teacher_labels) & (combined != self.pseudo_ignore_label))
+                      .float().mean().item(),
+                      "text_fired_fraction": (y_text > 0).float().mean().item(),
+                      "pseudo_label_ignored": (combined == self.pseudo_ignore_label).float().mean().item()})
+        if self.text_silent_ignored:
+            y_text = torch.where(y_text == 0, torch.full_like(y_text, self.pseudo_ignore_label), y_text)
         return {"text": (self.text_loss_weight, y_text), "combined": (self.combined_loss_weight, combined)}, stats
 
     @torch.no_grad()
@@ -231,3 +237,11 @@ class nnUNetTrainerCPS4_noPixelLoss(nnUNetTrainerCPS4):
 class nnUNetTrainerCPS4_randomText(nnUNetTrainerCPS4):
     """VLM whose prompt embeddings are replaced by fixed random vectors: does the text matter?"""
     vlm_trainer_name = "nnUNetTrainerCPS4VLM_randomText"
+
+
+class nnUNetTrainerCPS4_hardDiceCE(nnUNetTrainerCPS4):
+    """Every pixel supervised with hard labels and nnU-Net's Dice+CE: silent VLM pixels count as background
+    (the first version, before the confidence rule; see nnUNetTrainerMeanTeacher_hardDiceCE)."""
+    pseudo_label_dice_weight = 1.0
+    pseudo_label_threshold = 0.0
+    text_silent_ignored = False

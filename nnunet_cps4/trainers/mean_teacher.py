@@ -57,8 +57,16 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
     # unlabeled patches per step = max(1, round(ratio * labeled batch size)); 0.5 keeps the mean teacher within
     # 2x nnU-Net's per-iteration cost (student on 1.5 batches + teacher on 0.5; 1.0 measured 2.4x on the CPU)
     unlabeled_batch_ratio: float = 0.5
+    # pseudo-label loss: nnU-Net's Dice+CE with deep supervision and an ignore value; dice weight 0 = its
+    # cross-entropy alone. Hard labels everywhere with Dice+CE collapsed neighbouring levels into one blob on the
+    # phantom (nnUNetTrainerMeanTeacher_hardDiceCE, docs/BENCHMARKS.md), hence CE on confident pixels
+    pseudo_label_dice_weight: float = 0.0
+    # pixels whose pseudo label has a confidence below this are left unsupervised (ignored by the loss);
+    # MT: the teacher's softmax probability; CPS4: the normalised teacher + VLM vote
+    pseudo_label_threshold: float = 0.9
     # keys logged every epoch (mean over the epoch's steps) and plotted in progress_semi_supervised.png
-    ssl_log_keys: Tuple[str, ...] = ("ssl_lambda", "supervised_loss", "unlabeled_loss", "teacher_confidence")
+    ssl_log_keys: Tuple[str, ...] = ("ssl_lambda", "supervised_loss", "unlabeled_loss", "teacher_confidence",
+                                     "pseudo_label_ignored")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -84,11 +92,32 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
         self.teacher.load_state_dict(self.unwrapped_student().state_dict())
         self.teacher.requires_grad_(False)
         self.teacher.eval()
+        self.pseudo_loss = self._build_pseudo_label_loss()
         self.logger.update_config({"semi_supervised": self.ssl_settings()})
+
+    @property
+    def pseudo_ignore_label(self) -> int:
+        """Value marking unsupervised pixels in pseudo labels (one past the network's classes)."""
+        return self.label_manager.num_segmentation_heads
+
+    def _build_pseudo_label_loss(self):
+        """nnU-Net's own Dice+CE (same settings and deep-supervision weights as the supervised loss) with an
+        ignore value for pixels a pseudo-label rule leaves unsupervised."""
+        from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+        from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+        from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+        loss = DC_and_CE_loss({"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5, "do_bg": False,
+                               "ddp": self.is_ddp}, {}, weight_ce=1, weight_dice=self.pseudo_label_dice_weight,
+                              ignore_label=self.pseudo_ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
+        if self.enable_deep_supervision:
+            loss = DeepSupervisionWrapper(loss, self.loss.weight_factors)
+        return loss
 
     def ssl_settings(self) -> dict:
         return {k: getattr(self, k) for k in ("ema_decay", "unlabeled_weight", "rampup_fraction",
-                                               "unlabeled_batch_ratio")}
+                                               "unlabeled_batch_ratio", "pseudo_label_dice_weight",
+                                               "pseudo_label_threshold")}
 
     def unwrapped_student(self) -> nn.Module:
         """The student without DDP / torch.compile wrappers (the module whose weights nnU-Net saves)."""
@@ -155,7 +184,16 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
         """
         probs = torch.softmax(teacher_logits.float(), 1)
         confidence, labels = probs.max(1, keepdim=True)
-        return {"teacher": (1.0, labels)}, {"teacher_confidence": confidence.mean().item()}
+        labels = self.ignore_unconfident(labels, confidence)
+        return {"teacher": (1.0, labels)}, {"teacher_confidence": confidence.mean().item(),
+                                            "pseudo_label_ignored": (confidence < self.pseudo_label_threshold)
+                                            .float().mean().item()}
+
+    def ignore_unconfident(self, labels: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+        if self.pseudo_label_threshold <= 0:
+            return labels
+        return torch.where(confidence < self.pseudo_label_threshold,
+                           torch.full_like(labels, self.pseudo_ignore_label), labels)
 
     @torch.no_grad()
     def labeled_batch_stats(self, data: torch.Tensor, target: torch.Tensor) -> Dict[str, float]:
@@ -203,7 +241,8 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
             unlabeled_loss = torch.zeros((), device=self.device)
             for weight, labels in pseudo_targets.values():
                 if weight != 0:
-                    unlabeled_loss = unlabeled_loss + weight * self.loss(out_u, self._ds_targets(labels, out_u))
+                    unlabeled_loss = unlabeled_loss + weight * self.pseudo_loss(out_u,
+                                                                                self._ds_targets(labels, out_u))
             total = supervised + lam * unlabeled_loss
         stats.update(self.labeled_batch_stats(data, target[0] if isinstance(target, list) else target))
 
@@ -247,3 +286,10 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
         else:
             self.teacher.load_state_dict(state["teacher_weights"])
             self.global_step = int(state["global_step"])
+
+
+# --- ablations (schedule variants of these are generated in nnunet_cps4.trainers.variants) -----------------
+class nnUNetTrainerMeanTeacher_hardDiceCE(nnUNetTrainerMeanTeacher):
+    """Every pixel's hard pseudo label, nnU-Net's Dice+CE (the first version; collapses levels on the phantom)."""
+    pseudo_label_dice_weight = 1.0
+    pseudo_label_threshold = 0.0
