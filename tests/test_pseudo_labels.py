@@ -1,0 +1,79 @@
+"""The pseudo-label rules of the mean teacher and CPS4 on hand-made teacher logits and VLM maps."""
+import os
+
+import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+
+from nnunet_cps4.trainers.cps4 import nnUNetTrainerCPS4
+from nnunet_cps4.trainers.mean_teacher import nnUNetTrainerMeanTeacher, nnUNetTrainerMeanTeacher_hardDiceCE
+
+
+def _trainer(cls, planned_toy, monkeypatch, tmp_path):
+    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(k, planned_toy[k])
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    pre = os.path.join(planned_toy["nnUNet_preprocessed"], "Dataset501_Toy")
+    plans = load_json(os.path.join(pre, "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    trainer = cls(plans=plans, configuration="2d", fold=0, dataset_json=load_json(os.path.join(pre, "dataset.json")),
+                  device=torch.device("cpu"))
+    trainer.initialize()
+    return trainer
+
+
+def _logits(labels, confidence, n_classes=3):
+    """(1, n_classes, H, W) logits whose softmax gives `confidence` to `labels` (H, W) and splits the rest."""
+    rest = (1 - confidence) / (n_classes - 1)
+    probs = torch.full((n_classes, *labels.shape), 0.0) + rest
+    probs.scatter_(0, labels[None], confidence[None])
+    return probs.log()[None]
+
+
+class _StubVLM(torch.nn.Module):
+    """Stands in for the trained VLM: fixed per-class logits."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def probabilities(self, x):
+        return torch.sigmoid(self.logits)
+
+
+def test_mean_teacher_leaves_unconfident_pixels_unsupervised(planned_toy, monkeypatch, tmp_path):
+    trainer = _trainer(nnUNetTrainerMeanTeacher, planned_toy, monkeypatch, tmp_path)
+    labels = torch.tensor([[1, 2], [0, 1]])
+    confidence = torch.tensor([[0.99, 0.5], [0.95, 0.6]])
+    targets, stats = trainer.make_pseudo_labels(None, _logits(labels, confidence))
+    ignore = trainer.pseudo_ignore_label
+    assert ignore == 3
+    assert targets["teacher"][1][0, 0].tolist() == [[1, ignore], [0, ignore]]
+    assert stats["pseudo_label_ignored"] == pytest.approx(0.5)
+    # the loss ignores those pixels: all-ignored targets give zero loss, no NaN
+    out = [torch.randn(1, 3, 2, 2, requires_grad=True)]
+    loss = trainer.pseudo_loss(out * len(trainer.loss.weight_factors),
+                               [torch.full((1, 1, 2, 2), ignore)] * len(trainer.loss.weight_factors))
+    assert float(loss) == 0.0
+
+    hard = _trainer(nnUNetTrainerMeanTeacher_hardDiceCE, planned_toy, monkeypatch, tmp_path)
+    targets, _ = hard.make_pseudo_labels(None, _logits(labels, confidence))
+    assert targets["teacher"][1][0, 0].tolist() == [[1, 2], [0, 1]]
+
+
+def test_cps4_supervises_where_teacher_and_vlm_agree(planned_toy, monkeypatch, tmp_path):
+    trainer = _trainer(nnUNetTrainerCPS4, planned_toy, monkeypatch, tmp_path)
+    ignore = trainer.pseudo_ignore_label
+    # 1 x 4 pixels: [agree on class 1, teacher says 2 but the VLM is silent, both silent, VLM says 2 teacher 1]
+    teacher = _logits(torch.tensor([[1, 2, 0, 1]]), torch.tensor([[0.98, 0.95, 0.97, 0.9]]))
+    vlm = torch.full((1, 2, 1, 4), -10.0)
+    vlm[0, 0, 0, 0] = 8.0      # class "a" (label 1) fires on pixel 0
+    vlm[0, 1, 0, 3] = 8.0      # class "b" (label 2) fires on pixel 3
+    vlm[0, 0, 0, 1:3] = -2.0   # a little structure so Otsu has two classes
+    trainer.vlm = _StubVLM(vlm)
+    targets, stats = trainer.make_pseudo_labels(torch.zeros(1, 1, 1, 4), teacher)
+    text = targets["text"][1][0, 0, 0].tolist()
+    combined = targets["combined"][1][0, 0, 0].tolist()
+    assert text == [1, ignore, ignore, 2]          # silent VLM pixels are not background, they are unsupervised
+    assert combined == [1, ignore, 0, ignore]      # agreement kept, disagreement left out
+    assert stats["teacher_text_agreement"] == pytest.approx(0.5)  # pixels 0 and 2 (both say background)
