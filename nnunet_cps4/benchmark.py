@@ -42,11 +42,13 @@ METHODS: Dict[str, str] = {
     "cps4_randomText": "nnUNetTrainerCPS4_randomText",
     "cps4_textOnly": "nnUNetTrainerCPS4_textOnly",
     "cps4_hardDiceCE": "nnUNetTrainerCPS4_hardDiceCE",
+    "cps4_vlmSegLoss": "nnUNetTrainerCPS4_vlmSegLoss",
     # the stage-(i) VLMs themselves: their fused maps as a segmentation (CPS4 reuses the same checkpoints)
     "vlm": "nnUNetTrainerCPS4VLM",
     "vlm_noTokenLoss": "nnUNetTrainerCPS4VLM_noTokenLoss",
     "vlm_noPixelLoss": "nnUNetTrainerCPS4VLM_noPixelLoss",
     "vlm_randomText": "nnUNetTrainerCPS4VLM_randomText",
+    "vlm_segLoss": "nnUNetTrainerCPS4VLM_segLoss",
 }
 BASELINE = "supervised"
 

@@ -234,6 +234,11 @@ class nnUNetTrainerCPS4_noPixelLoss(nnUNetTrainerCPS4):
     vlm_trainer_name = "nnUNetTrainerCPS4VLM_noPixelLoss"
 
 
+class nnUNetTrainerCPS4_vlmSegLoss(nnUNetTrainerCPS4):
+    """VLM pretrained with nnU-Net's Dice+CE on its similarity maps in addition to the attention losses."""
+    vlm_trainer_name = "nnUNetTrainerCPS4VLM_segLoss"
+
+
 class nnUNetTrainerCPS4_randomText(nnUNetTrainerCPS4):
     """VLM whose prompt embeddings are replaced by fixed random vectors: does the text matter?"""
     vlm_trainer_name = "nnUNetTrainerCPS4VLM_randomText"

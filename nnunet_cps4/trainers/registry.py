@@ -5,11 +5,12 @@ stack lazily.
 """
 from nnunet_cps4.trainers.cps4 import (  # noqa: F401
     nnUNetTrainerCPS4, nnUNetTrainerCPS4_hardDiceCE, nnUNetTrainerCPS4_noPixelLoss, nnUNetTrainerCPS4_noText,
-    nnUNetTrainerCPS4_noTokenLoss, nnUNetTrainerCPS4_randomText, nnUNetTrainerCPS4_textOnly)
+    nnUNetTrainerCPS4_noTokenLoss, nnUNetTrainerCPS4_randomText, nnUNetTrainerCPS4_textOnly,
+    nnUNetTrainerCPS4_vlmSegLoss)
 from nnunet_cps4.trainers.mean_teacher import nnUNetTrainerMeanTeacher, nnUNetTrainerMeanTeacher_hardDiceCE  # noqa
 from nnunet_cps4.trainers.variants import *  # noqa: F401,F403
 from nnunet_cps4.trainers.vlm_pretraining import (  # noqa: F401
     nnUNetTrainerCPS4VLM, nnUNetTrainerCPS4VLM_noPixelLoss, nnUNetTrainerCPS4VLM_noTokenLoss,
-    nnUNetTrainerCPS4VLM_randomText, nnUNetTrainerCPS4VLM_vit)
+    nnUNetTrainerCPS4VLM_randomText, nnUNetTrainerCPS4VLM_segLoss, nnUNetTrainerCPS4VLM_vit)
 
 __all__ = sorted(name for name in dir() if name.startswith("nnUNetTrainer"))

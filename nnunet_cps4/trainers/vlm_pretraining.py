@@ -44,6 +44,9 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
     token_loss_weight: float = 1.0
     pixel_loss_weight: float = 1.0
     token_loss_form: str = "log"           # -log(attention mass in mask); "linear": 1 - mass (see the losses)
+    # not in the paper, off by default: nnU-Net's Dice+CE on softmax over [0, s_1, ..., s_C] (background logit 0),
+    # so that neighbouring classes compete for a pixel as in nnU-Net's own training (variant _segLoss)
+    segmentation_loss_weight: float = 0.0
     vlm_config: VLMConfig = VLMConfig()
     text_encoder_spec: Optional[str] = None  # None: $nnUNet_cps4_text_encoder or the offline MiniLM default
     random_text_embeddings: bool = False     # ablation: fixed random vectors instead of prompt embeddings
@@ -51,7 +54,7 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
     fixed_threshold: float = 0.5
     min_peak: float = 0.5
     num_panel_cases: int = 3                 # PNG panels written by the final validation
-    stage1_log_keys = ("token_loss", "pixel_loss", "temperature")
+    stage1_log_keys = ("token_loss", "pixel_loss", "segmentation_loss", "temperature")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -85,6 +88,15 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
         if self.is_ddp:
             self.network = torch.nn.parallel.DistributedDataParallel(self.network, device_ids=[self.local_rank])
         self.loss = AttentionLoss(self.token_loss_weight, self.pixel_loss_weight, self.token_loss_form)
+        self.segmentation_loss = None
+        if self.segmentation_loss_weight:
+            from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+            from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+            self.segmentation_loss = DC_and_CE_loss(
+                {"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5, "do_bg": False,
+                 "ddp": self.is_ddp}, {}, weight_ce=1, weight_dice=1, ignore_label=self.label_manager.ignore_label,
+                dice_class=MemoryEfficientSoftDiceLoss)
         self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         self.was_initialized = True
         self.logger.update_config({"stage1": {k: v for k, v in self.metadata.items() if k != "prompts"}})
@@ -121,7 +133,7 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
             "random_text_embeddings": self.random_text_embeddings, "vlm_config": self.vlm_config.to_dict(),
             "num_input_channels": self.num_input_channels,
             "losses": {"token_weight": self.token_loss_weight, "pixel_weight": self.pixel_loss_weight,
-                       "token_form": self.token_loss_form},
+                       "token_form": self.token_loss_form, "segmentation_weight": self.segmentation_loss_weight},
         }
         return vlm, metadata
 
@@ -143,6 +155,12 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             sim = self.network(data)
             total, parts = self.loss(sim, target)
+            parts["segmentation"] = torch.zeros(())
+            if self.segmentation_loss is not None:
+                logits = torch.cat((torch.zeros_like(sim[:, :1]), sim), 1)
+                segmentation = self.segmentation_loss(logits, target)
+                total = total + self.segmentation_loss_weight * segmentation
+                parts["segmentation"] = segmentation.detach()
         return sim, target, total, parts
 
     def train_step(self, batch: dict) -> dict:
@@ -150,7 +168,7 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
         _, _, total, parts = self._forward_loss(batch)
         backward_and_step(self, total)
         return {"loss": total.detach().cpu().numpy(), "token_loss": parts["token"].item(),
-                "pixel_loss": parts["pixel"].item()}
+                "pixel_loss": parts["pixel"].item(), "segmentation_loss": parts["segmentation"].item()}
 
     def validation_step(self, batch: dict) -> dict:
         from nnunet_cps4.fusion import fuse_maps, labels_to_probabilities
@@ -280,6 +298,11 @@ class nnUNetTrainerCPS4VLM_noTokenLoss(nnUNetTrainerCPS4VLM):
 
 class nnUNetTrainerCPS4VLM_noPixelLoss(nnUNetTrainerCPS4VLM):
     pixel_loss_weight = 0.0
+
+
+class nnUNetTrainerCPS4VLM_segLoss(nnUNetTrainerCPS4VLM):
+    """Attention losses plus nnU-Net's Dice+CE on the similarity maps (not in the paper)."""
+    segmentation_loss_weight = 1.0
 
 
 class nnUNetTrainerCPS4VLM_randomText(nnUNetTrainerCPS4VLM):
