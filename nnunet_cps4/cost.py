@@ -47,11 +47,11 @@ def _measure_in_this_process(dataset: str, configuration: str, plans: str, train
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
+    from nnunet_cps4.dataset_layout import resolve_dataset_name
     from nnunet_cps4.pretrain_vlm import find_trainer_class
 
-    name = maybe_convert_to_dataset_name(int(dataset) if dataset.isdigit() else dataset)
+    name = resolve_dataset_name(dataset)
     base = os.path.join(nnUNet_preprocessed, name)
     plans_dict = load_json(os.path.join(base, plans + ".json"))
     plans_dict["continue_training"] = False
@@ -97,6 +97,14 @@ def measure_cost(dataset: str, configuration: str, trainers: Sequence[str], plan
                  device: str = "cpu", warmup: int = 3, steps: int = 10, n_unlabeled: int = 4, seed: int = 0,
                  env: Optional[dict] = None) -> dict:
     """Measure each trainer in a child process; ratios are relative to the first trainer."""
+    from nnunet_cps4.dataset_layout import require_env_folder, resolve_dataset_name
+    from nnunet_cps4.errors import CPS4Error
+
+    if env is None:  # bad settings fail here, in one line, not in a child's traceback
+        plans_file = os.path.join(require_env_folder("nnUNet_preprocessed"), resolve_dataset_name(dataset),
+                                  plans + ".json")
+        if not os.path.isfile(plans_file):
+            raise CPS4Error(f"{plans_file} not found. Fix: plan and preprocess the dataset first (or pass -p)")
     results: List[dict] = []
     for name in trainers:
         cmd = [sys.executable, "-m", "nnunet_cps4.cost", "--child", dataset, configuration, plans, name, device,
@@ -127,6 +135,12 @@ def format_cost_table(cost: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    from nnunet_cps4.cli import run_cli
+
+    run_cli(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--child":
         d, c, p, t, dev, w, s, n, seed = argv[1:10]

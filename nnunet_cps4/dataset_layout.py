@@ -45,6 +45,17 @@ def require_env_folder(var: str) -> str:
     return value
 
 
+def resolve_dataset_name(dataset: str) -> str:
+    """DatasetXXX_Name for a dataset id or name given on a command line, or a CPS4Error saying what was searched."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        return maybe_convert_to_dataset_name(int(dataset) if str(dataset).isdigit() else dataset)
+    except RuntimeError as e:
+        raise CPS4Error(f"dataset {dataset!r} not found ({str(e).splitlines()[0]}). Fix: check the id/name and "
+                        f"nnUNet_raw, nnUNet_preprocessed, nnUNet_results") from None
+
+
 def dataset_name(dataset_id: int, name: str) -> str:
     if not 1 <= int(dataset_id) <= 999:
         raise CPS4Error(f"dataset id {dataset_id} is out of range. Fix: use an id between 1 and 999 (-d)")

@@ -62,9 +62,8 @@ def run_stage1(trainer_class, plans: dict, configuration: str, fold, dataset_jso
 
 def _main(argv: Optional[Sequence[str]] = None) -> None:
     from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    from nnunet_cps4.dataset_layout import require_env_folder
+    from nnunet_cps4.dataset_layout import require_env_folder, resolve_dataset_name
 
     parser = argparse.ArgumentParser(
         prog="nnUNetv2_cps4_pretrain_vlm",
@@ -85,7 +84,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--val", action="store_true", help="only run the final validation")
     args = parser.parse_args(argv)
 
-    name = maybe_convert_to_dataset_name(int(args.dataset) if args.dataset.isdigit() else args.dataset)
+    name = resolve_dataset_name(args.dataset)
     base = os.path.join(require_env_folder("nnUNet_preprocessed"), name)
     plans_file = os.path.join(base, args.p + ".json")
     if not os.path.isfile(plans_file):

@@ -23,7 +23,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json, load
 from tqdm import tqdm
 
 from nnunet_cps4.cli import run_cli
-from nnunet_cps4.dataset_layout import UNLABELED_FOLDER, case_identifiers, require_env_folder
+from nnunet_cps4.dataset_layout import UNLABELED_FOLDER, case_identifiers, require_env_folder, resolve_dataset_name
 from nnunet_cps4.errors import CPS4Error
 
 MANIFEST_FILE = "cps4_unlabeled_manifest.json"
@@ -247,7 +247,6 @@ def ensure_unlabeled_preprocessed(plans_manager, configuration_manager, configur
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> None:
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     parser = argparse.ArgumentParser(
@@ -262,10 +261,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> None:
                         help="number of processes (default $nnUNet_def_n_proc or 2)")
     args = parser.parse_args(argv)
 
-    try:
-        name = maybe_convert_to_dataset_name(args.d if not args.d.isdigit() else int(args.d))
-    except RuntimeError as e:
-        raise CPS4Error(f"dataset {args.d!r} not found ({e}). Fix: check -d and nnUNet_raw/nnUNet_preprocessed")
+    name = resolve_dataset_name(args.d)
     preprocessed_base = os.path.join(require_env_folder("nnUNet_preprocessed"), name)
     plans_file = os.path.join(preprocessed_base, args.p + ".json")
     if not os.path.isfile(plans_file):

@@ -55,10 +55,9 @@ def fused_case_prediction(predictor, data: torch.Tensor, method: str = "otsu", t
 def _main(argv: Optional[Sequence[str]] = None) -> None:
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.inference.export_prediction import export_prediction_from_logits
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_cps4.dataset_layout import case_identifiers, require_env_folder
+    from nnunet_cps4.dataset_layout import case_identifiers, require_env_folder, resolve_dataset_name
     from nnunet_cps4.fusion import labels_to_probabilities
     from nnunet_cps4.trainers.vlm_pretraining import load_vlm, vlm_output_folder
 
@@ -82,7 +81,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("-device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
-    name = maybe_convert_to_dataset_name(int(args.d) if args.d.isdigit() else args.d)
+    name = resolve_dataset_name(args.d)
     model_folder = os.path.join(require_env_folder("nnUNet_results"), name, f"{args.tr}__{args.p}__{args.c}")
     plans_file, dataset_json_file = (os.path.join(model_folder, f) for f in ("plans.json", "dataset.json"))
     if not os.path.isfile(plans_file):
