@@ -36,6 +36,7 @@ METHODS: Dict[str, str] = {
     "supervised": "nnUNetTrainerSupervised",
     "meanteacher": "nnUNetTrainerMeanTeacher",
     "meanteacher_hardDiceCE": "nnUNetTrainerMeanTeacher_hardDiceCE",
+    "meanteacher_lowWeight": "nnUNetTrainerMeanTeacher_lowWeight",
     "cps4": "nnUNetTrainerCPS4",
     "cps4_noTokenLoss": "nnUNetTrainerCPS4_noTokenLoss",
     "cps4_noPixelLoss": "nnUNetTrainerCPS4_noPixelLoss",
@@ -43,6 +44,7 @@ METHODS: Dict[str, str] = {
     "cps4_textOnly": "nnUNetTrainerCPS4_textOnly",
     "cps4_hardDiceCE": "nnUNetTrainerCPS4_hardDiceCE",
     "cps4_vlmSegLoss": "nnUNetTrainerCPS4_vlmSegLoss",
+    "cps4_lowWeight": "nnUNetTrainerCPS4_lowWeight",
     # the stage-(i) VLMs themselves: their fused maps as a segmentation (CPS4 reuses the same checkpoints)
     "vlm": "nnUNetTrainerCPS4VLM",
     "vlm_noTokenLoss": "nnUNetTrainerCPS4VLM_noTokenLoss",
@@ -216,7 +218,7 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
         # the only place the test labels are read
         metrics = evaluate_folder(pred, os.path.join(source, "labelsTs"), labels, dataset_json["file_ending"])
         metrics.update({"trainer": trainer, "train_seconds": train_seconds})
-        if method.startswith("cps4") and METHODS[method] != "nnUNetTrainerCPS4_noText":
+        if method.startswith(("cps4", "meanteacher")):
             # training signal, not a test number: pseudo labels on unlabeled training cases vs the source labels
             from nnunet_cps4.pseudo_label_quality import pseudo_label_quality, unlabeled_cases_with_references
 
@@ -284,7 +286,8 @@ def markdown_table(summary: dict, class_names: List[str], args) -> str:
             lines += ["", "Pseudo labels on unlabeled training cases (mean Dice vs their true labels, final "
                       "teacher/VLM; a training signal, not a test score):", "",
                       "| method | teacher | VLM (y_text) | refined |", "|---|---|---|---|"]
-            lines += [f"| {m} | {pm(q['teacher'])} | {pm(q['text'])} | {pm(q['refined'])} |" for m, q in quality.items()]
+            lines += [f"| {m} | " + " | ".join(pm(q[k]) if k in q else "-" for k in ("teacher", "text", "refined"))
+                      + " |" for m, q in quality.items()]
         lines += ["", "| class | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
         for c in class_names:
             lines.append(f"| {c} | " + " | ".join(pm(methods[m]["per_class_Dice"][c]) for m in methods) + " |")

@@ -26,6 +26,8 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
                          ) -> dict:
     """Per-class Dice of teacher, y_text and refined labels against the references, averaged over `cases`.
 
+    A mean-teacher checkpoint (no VLM in its state) is scored on its teacher alone.
+
     cases: {case id: [raw image files]}; references: {case id: raw label file}. Scores are computed in the
     preprocessed space of the model's configuration (labels resampled like nnU-Net's training labels).
     """
@@ -47,8 +49,9 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
     configuration_name = ckpt["init_args"]["configuration"]
     configuration_manager = plans_manager.get_configuration(configuration_name)
     label_manager = plans_manager.get_label_manager(dataset_json)
-    n_in = state["vlm_metadata"]["num_input_channels"]
-    teacher = trainer_class.build_network_architecture(plans_manager, configuration_manager, n_in,
+    has_vlm = "vlm_metadata" in state  # a mean-teacher checkpoint is scored on its teacher alone
+    teacher = trainer_class.build_network_architecture(plans_manager, configuration_manager,
+                                                       len(dataset_json["channel_names"]),
                                                        label_manager.num_segmentation_heads, False)
     teacher.load_state_dict(state["teacher_weights"])
     teacher_predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
@@ -56,14 +59,16 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
                                         verbose=False, allow_tqdm=False)
     teacher_predictor.manual_initialization(teacher.to(device).eval(), plans_manager, configuration_manager, None,
                                             dataset_json, ckpt["trainer_name"], None)
-    # the VLM exactly as the trainer used it (weights from the CPS4 checkpoint)
-    vlm = vlm_from_metadata(state["vlm_metadata"], state["vlm_weights"], plans_manager, configuration_manager)
-    text_predictor = vlm_predictor(vlm.to(device).eval(), plans_manager, configuration_manager, dataset_json, device)
+    if has_vlm:  # the VLM exactly as the trainer used it (weights from the CPS4 checkpoint)
+        vlm = vlm_from_metadata(state["vlm_metadata"], state["vlm_weights"], plans_manager, configuration_manager)
+        text_predictor = vlm_predictor(vlm.to(device).eval(), plans_manager, configuration_manager, dataset_json,
+                                       device)
     settings = state["settings"]
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
 
     class_ids = list(label_manager.foreground_labels)
-    scores = {kind: {c: [] for c in class_ids} for kind in ("teacher", "text", "refined")}
+    scores = {kind: {c: [] for c in class_ids} for kind in (("teacher", "text", "refined") if has_vlm
+                                                            else ("teacher",))}
     changed, agreement = [], []
     for case, files in sorted(cases.items()):
         data, ref, _ = preprocessor.run_case(files, references[case], plans_manager, configuration_manager,
@@ -71,27 +76,31 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
         data = torch.from_numpy(data)
         ref = ref[0]
         logits = teacher_predictor.predict_sliding_window_return_logits(data).float().cpu()
-        probs = text_predictor.predict_sliding_window_return_logits(data).float().cpu()[1:].clamp(0, 1)
-        y_text = fuse_maps(probs[None], settings["binarize_method"], settings["fixed_threshold"],
-                           settings["min_peak"])
-        votes = torch.softmax(logits, 0)[None] + settings["text_combination_weight"] * \
-            text_probabilities(y_text, probs[None])
-        labels = {"teacher": logits.argmax(0).numpy(), "text": y_text[0].numpy(),
-                  "refined": votes.argmax(1)[0].numpy()}
+        labels = {"teacher": logits.argmax(0).numpy()}
+        if has_vlm:
+            probs = text_predictor.predict_sliding_window_return_logits(data).float().cpu()[1:].clamp(0, 1)
+            y_text = fuse_maps(probs[None], settings["binarize_method"], settings["fixed_threshold"],
+                               settings["min_peak"])
+            votes = torch.softmax(logits, 0)[None] + settings["text_combination_weight"] * \
+                text_probabilities(y_text, probs[None])
+            labels.update({"text": y_text[0].numpy(), "refined": votes.argmax(1)[0].numpy()})
+            changed.append(float((labels["refined"] != labels["teacher"]).mean()))
+            agreement.append(float((labels["text"] == labels["teacher"]).mean()))
         for kind, lab in labels.items():
             for c in class_ids:
                 if (ref == c).any():
                     scores[kind][c].append(_dice(lab, ref, c))
-        changed.append(float((labels["refined"] != labels["teacher"]).mean()))
-        agreement.append(float((labels["text"] == labels["teacher"]).mean()))
     names = {v: k for k, v in dataset_json["labels"].items() if isinstance(v, int)}
     per_class = {kind: {names[c]: (float(np.mean(v)) if v else float("nan")) for c, v in s.items()}
                  for kind, s in scores.items()}
-    return {"cases": sorted(cases), "per_class_Dice": per_class,
-            "mean_Dice": {kind: float(np.nanmean(list(v.values()))) for kind, v in per_class.items()},
-            "refined_changed_fraction": float(np.mean(changed)), "teacher_text_agreement": float(np.mean(agreement)),
-            "notes": "Dice per class over unlabeled training cases where the class is present; whole-image "
-                     "predictions of the final checkpoint's teacher and VLM, refined as in training"}
+    result = {"cases": sorted(cases), "per_class_Dice": per_class,
+              "mean_Dice": {kind: float(np.nanmean(list(v.values()))) for kind, v in per_class.items()},
+              "notes": "Dice per class over unlabeled training cases where the class is present; whole-image "
+                       "predictions of the final checkpoint's teacher (and VLM), refined as in training"}
+    if has_vlm:
+        result.update({"refined_changed_fraction": float(np.mean(changed)),
+                       "teacher_text_agreement": float(np.mean(agreement))})
+    return result
 
 
 def unlabeled_cases_with_references(split_dataset: str, reference_labels_folder: str, file_ending: str,

@@ -21,6 +21,8 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     assert set(summary) == {"supervised", "vlm", "cps4"}
     for entry in summary.values():
         assert entry["seeds"] == 1 and len(entry["per_class_Dice"]) == 19
+    # CPS4's training signal is analysed on the unlabeled training cases: teacher, VLM map and refined label
+    assert set(summary["cps4"]["pseudo_label_mean_Dice"]) == {"teacher", "text", "refined"}
     # every method saw the same labeled cases, batch size and plans
     only_run = results["runs"][0]
     assert only_run["plans"] == "nnUNetPlans_bs2"

@@ -99,6 +99,15 @@ def test_mean_teacher_trains_predicts_and_keeps_the_checkpoint_contract(env, tmp
     assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1, 2}
     assert dice_on_test_set(env, str(tmp_path / "pred")) > 0.2
 
+    # the benchmark's pseudo-label analysis scores a mean-teacher checkpoint on its teacher alone
+    from nnunet_cps4.pseudo_label_quality import pseudo_label_quality
+    raw = os.path.join(env["nnUNet_raw"], DATASET)
+    quality = pseudo_label_quality(model_folder(env, "nnUNetTrainerMeanTeacher_smoke"), "0",
+                                   {"t9": [os.path.join(raw, "imagesTs", "t9_0000.nii.gz")]},
+                                   {"t9": os.path.join(raw, "labelsTs", "t9.nii.gz")})
+    assert set(quality["mean_Dice"]) == {"teacher"} and 0.0 <= quality["mean_Dice"]["teacher"] <= 1.0
+    assert "teacher_text_agreement" not in quality
+
     # --val reruns the final validation from checkpoint_final
     os.remove(os.path.join(fold, "validation", "summary.json"))
     train(env, "nnUNetTrainerMeanTeacher_smoke", "0", "2d", "--val")

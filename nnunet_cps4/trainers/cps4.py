@@ -250,3 +250,8 @@ class nnUNetTrainerCPS4_hardDiceCE(nnUNetTrainerCPS4):
     pseudo_label_dice_weight = 1.0
     pseudo_label_threshold = 0.0
     text_silent_ignored = False
+
+
+class nnUNetTrainerCPS4_lowWeight(nnUNetTrainerCPS4):
+    """lambda_max = 0.1 (see nnUNetTrainerMeanTeacher_lowWeight), everything else as nnUNetTrainerCPS4."""
+    unlabeled_weight = 0.1

@@ -293,3 +293,9 @@ class nnUNetTrainerMeanTeacher_hardDiceCE(nnUNetTrainerMeanTeacher):
     """Every pixel's hard pseudo label, nnU-Net's Dice+CE (the first version; collapses levels on the phantom)."""
     pseudo_label_dice_weight = 1.0
     pseudo_label_threshold = 0.0
+
+
+class nnUNetTrainerMeanTeacher_lowWeight(nnUNetTrainerMeanTeacher):
+    """lambda_max = 0.1, the consistency weight of the usual segmentation mean-teacher code (UA-MT, SSL4MIS):
+    with 2 labeled cases, weight 1 let the teacher's own mistakes dominate the labeled loss (docs/BENCHMARKS.md)."""
+    unlabeled_weight = 0.1
