@@ -218,7 +218,7 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
         # the only place the test labels are read
         metrics = evaluate_folder(pred, os.path.join(source, "labelsTs"), labels, dataset_json["file_ending"])
         metrics.update({"trainer": trainer, "train_seconds": train_seconds})
-        if method.startswith(("cps4", "meanteacher")):
+        if method.startswith(("cps4", "meanteacher", "supervised")):
             # training signal, not a test number: pseudo labels on unlabeled training cases vs the source labels
             from nnunet_cps4.pseudo_label_quality import pseudo_label_quality, unlabeled_cases_with_references
 
@@ -283,8 +283,9 @@ def markdown_table(summary: dict, class_names: List[str], args) -> str:
                          f"{'n/a' if np.isnan(hd[0]) else f'{hd[0]:.1f} ± {hd[1]:.1f}'} | {e['seeds']} |")
         quality = {m: e["pseudo_label_mean_Dice"] for m, e in methods.items() if "pseudo_label_mean_Dice" in e}
         if quality:
-            lines += ["", "Pseudo labels on unlabeled training cases (mean Dice vs their true labels, final "
-                      "teacher/VLM; a training signal, not a test score):", "",
+            lines += ["", "Pseudo labels on unlabeled training cases (mean Dice vs their true labels of the final "
+                      "teacher and VLM, no test-time augmentation; for supervised nnU-Net its network, i.e. the "
+                      "labels self-training would start from; a training signal, not a test score):", "",
                       "| method | teacher | VLM (y_text) | refined |", "|---|---|---|---|"]
             lines += [f"| {m} | " + " | ".join(pm(q[k]) if k in q else "-" for k in ("teacher", "text", "refined"))
                       + " |" for m, q in quality.items()]

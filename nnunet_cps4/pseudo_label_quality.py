@@ -26,7 +26,8 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
                          ) -> dict:
     """Per-class Dice of teacher, y_text and refined labels against the references, averaged over `cases`.
 
-    A mean-teacher checkpoint (no VLM in its state) is scored on its teacher alone.
+    A mean-teacher checkpoint (no VLM in its state) is scored on its teacher alone, a supervised nnU-Net
+    checkpoint on its network (the reference: how good were these labels without self-training?).
 
     cases: {case id: [raw image files]}; references: {case id: raw label file}. Scores are computed in the
     preprocessed space of the model's configuration (labels resampled like nnU-Net's training labels).
@@ -42,14 +43,15 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
 
     fold_folder = os.path.join(model_folder, f"fold_{fold}")
     ckpt = torch.load(os.path.join(fold_folder, checkpoint), map_location="cpu", weights_only=False)
-    state = ckpt["cps4_state"]
+    # a supervised checkpoint (no teacher) is scored on its network: what a teacher would start from
+    state = ckpt.get("cps4_state") or {"teacher_weights": ckpt["network_weights"]}
     trainer_class = find_trainer_class(ckpt["trainer_name"])
     plans_manager = PlansManager(os.path.join(model_folder, "plans.json"))
     dataset_json = load_json(os.path.join(model_folder, "dataset.json"))
     configuration_name = ckpt["init_args"]["configuration"]
     configuration_manager = plans_manager.get_configuration(configuration_name)
     label_manager = plans_manager.get_label_manager(dataset_json)
-    has_vlm = "vlm_metadata" in state  # a mean-teacher checkpoint is scored on its teacher alone
+    has_vlm = "vlm_metadata" in state  # a mean-teacher (or supervised) checkpoint: its teacher alone
     teacher = trainer_class.build_network_architecture(plans_manager, configuration_manager,
                                                        len(dataset_json["channel_names"]),
                                                        label_manager.num_segmentation_heads, False)
@@ -63,7 +65,7 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
         vlm = vlm_from_metadata(state["vlm_metadata"], state["vlm_weights"], plans_manager, configuration_manager)
         text_predictor = vlm_predictor(vlm.to(device).eval(), plans_manager, configuration_manager, dataset_json,
                                        device)
-    settings = state["settings"]
+    settings = state.get("settings", {})
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
 
     class_ids = list(label_manager.foreground_labels)

@@ -8,9 +8,11 @@ augmentation by construction):
   3. the combined pseudo label is argmax(softmax(teacher) + w * q_text), with q_text the VLM's vote as class
      probabilities (`fusion.text_probabilities`): where the VLM is confident it decides, where it is unsure a
      confident teacher wins (reconstruction of the predecessor code's argmax(softmax(teacher) + text probs));
+     pixels whose normalised vote max / (1 + w) is below pseudo_label_threshold are left unsupervised;
   4. loss = supervised + lambda(t) * [text_loss_weight * L(student, y_text)
                                       + combined_loss_weight * L(student, combined)],
-     L = nnU-Net's Dice+CE with deep supervision, lambda(t) the mean teacher's ramp.
+     L = nnU-Net's Dice+CE with deep supervision and an ignore value (by default its CE alone, Dice weight 0;
+     pixels where no class map fires are unsupervised in L(student, y_text)), lambda(t) the mean teacher's ramp.
 
 Stage (i) runs first when the fold has no VLM checkpoint (`vlm_trainer_name` names the stage-(i) trainer, so
 ablations such as `_noTokenLoss` use a VLM trained without that loss); an existing checkpoint is checked against
