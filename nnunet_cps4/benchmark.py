@@ -95,9 +95,11 @@ def _run(cmd: List[str], env: dict, log: str) -> float:
         f.write(f"\n$ {' '.join(cmd)}\n")
         f.flush()
         result = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        seconds = time.time() - start
+        f.write(f"# {os.path.basename(cmd[0])}: exit {result.returncode}, {seconds:.1f} s wall\n")
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {result.returncode}); see {log}")
-    return time.time() - start
+    return seconds
 
 
 def _script(name: str) -> str:
