@@ -220,7 +220,7 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
         # the only place the test labels are read
         metrics = evaluate_folder(pred, os.path.join(source, "labelsTs"), labels, dataset_json["file_ending"])
         metrics.update({"trainer": trainer, "train_seconds": train_seconds})
-        if method.startswith(("cps4", "meanteacher", "supervised")):
+        if not is_vlm:
             # training signal, not a test number: pseudo labels on unlabeled training cases vs the source labels
             from nnunet_cps4.pseudo_label_quality import pseudo_label_quality, unlabeled_cases_with_references
 

@@ -260,3 +260,14 @@ def text_probabilities(fused: torch.Tensor, scores: torch.Tensor) -> torch.Tenso
     stacked = torch.cat((background, scores), dim=1)
     return labels_to_probabilities(fused, scores.shape[1] + 1, dtype=scores.dtype) * \
         stacked.gather(1, fused.long().unsqueeze(1))
+
+
+def refine_with_text(teacher_probs: torch.Tensor, fused: torch.Tensor, scores: torch.Tensor, weight: float
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """CPS4's refined pseudo label: argmax(softmax(teacher) + w * VLM vote), one rule for training and analysis.
+
+    teacher_probs (B, C + 1, *S); fused (B, *S) and scores (B, C, *S) as for `text_probabilities`. Returns
+    (the winning vote normalised to [0, 1] by 1 + w, (B, 1, *S); the refined labels, (B, 1, *S)).
+    """
+    vote, labels = (teacher_probs + weight * text_probabilities(fused, scores)).max(1, keepdim=True)
+    return vote / (1 + weight), labels

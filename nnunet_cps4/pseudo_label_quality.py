@@ -4,8 +4,9 @@ dataset of a benchmark split).
 
 This is an analysis of the training signal, not a test-set number: it reads labels of *training* cases that the
 trainer never saw, and never touches the test set. Each case is predicted whole (nnU-Net's sliding-window
-predictor, no mirroring) by the checkpoint's teacher and VLM; the refined label is formed exactly as in training
-(`nnUNetTrainerCPS4.make_pseudo_labels`: argmax(softmax(teacher) + w * VLM vote)).
+predictor, no mirroring) by the checkpoint's teacher and VLM; the refined label is formed by training's rule
+(`fusion.refine_with_text`: argmax(softmax(teacher) + w * VLM vote)) before training's confidence cut, so that
+every pixel has a label to score.
 """
 import os
 from typing import Dict, List, Optional
@@ -36,7 +37,7 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_cps4.fusion import fuse_maps, text_probabilities
+    from nnunet_cps4.fusion import fuse_maps, refine_with_text
     from nnunet_cps4.pretrain_vlm import find_trainer_class
     from nnunet_cps4.trainers.vlm_pretraining import vlm_from_metadata
     from nnunet_cps4.vlm_inference import vlm_predictor
@@ -83,9 +84,9 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
             probs = text_predictor.predict_sliding_window_return_logits(data).float().cpu()[1:].clamp(0, 1)
             y_text = fuse_maps(probs[None], settings["binarize_method"], settings["fixed_threshold"],
                                settings["min_peak"])
-            votes = torch.softmax(logits, 0)[None] + settings["text_combination_weight"] * \
-                text_probabilities(y_text, probs[None])
-            labels.update({"text": y_text[0].numpy(), "refined": votes.argmax(1)[0].numpy()})
+            _, refined = refine_with_text(torch.softmax(logits, 0)[None], y_text, probs[None],
+                                          settings["text_combination_weight"])
+            labels.update({"text": y_text[0].numpy(), "refined": refined[0, 0].numpy()})
             changed.append(float((labels["refined"] != labels["teacher"]).mean()))
             agreement.append(float((labels["text"] == labels["teacher"]).mean()))
         for kind, lab in labels.items():

@@ -128,14 +128,13 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
         targets, stats = super().make_pseudo_labels(unlabeled_data, teacher_logits)
         if not self.use_text:
             return targets, stats
-        from nnunet_cps4.fusion import text_probabilities
+        from nnunet_cps4.fusion import refine_with_text
 
-        teacher_labels = torch.softmax(teacher_logits.float(), 1).argmax(1, keepdim=True)
+        teacher_probs = torch.softmax(teacher_logits.float(), 1)
+        teacher_labels = teacher_probs.argmax(1, keepdim=True)
         probs, y_text = self.text_labels(unlabeled_data)
-        votes = torch.softmax(teacher_logits.float(), 1) + \
-            self.text_combination_weight * text_probabilities(y_text, probs)
-        vote, combined = votes.max(1, keepdim=True)
-        combined = self.ignore_unconfident(combined, vote / (1 + self.text_combination_weight))
+        vote, combined = refine_with_text(teacher_probs, y_text, probs, self.text_combination_weight)
+        combined = self.ignore_unconfident(combined, vote)
         y_text = y_text.unsqueeze(1)
         stats.update({"teacher_text_agreement": (teacher_labels == y_text).float().mean().item(),
                       "refined_fraction": ((combined != teacher_labels) & (combined != self.pseudo_ignore_label))
