@@ -37,6 +37,7 @@ METHODS: Dict[str, str] = {
     "meanteacher": "nnUNetTrainerMeanTeacher",
     "meanteacher_hardDiceCE": "nnUNetTrainerMeanTeacher_hardDiceCE",
     "meanteacher_lowWeight": "nnUNetTrainerMeanTeacher_lowWeight",
+    "meanteacher_warmup": "nnUNetTrainerMeanTeacher_warmup",
     "cps4": "nnUNetTrainerCPS4",
     "cps4_noTokenLoss": "nnUNetTrainerCPS4_noTokenLoss",
     "cps4_noPixelLoss": "nnUNetTrainerCPS4_noPixelLoss",
@@ -45,6 +46,7 @@ METHODS: Dict[str, str] = {
     "cps4_hardDiceCE": "nnUNetTrainerCPS4_hardDiceCE",
     "cps4_vlmSegLoss": "nnUNetTrainerCPS4_vlmSegLoss",
     "cps4_lowWeight": "nnUNetTrainerCPS4_lowWeight",
+    "cps4_warmup": "nnUNetTrainerCPS4_warmup",
     # the stage-(i) VLMs themselves: their fused maps as a segmentation (CPS4 reuses the same checkpoints)
     "vlm": "nnUNetTrainerCPS4VLM",
     "vlm_noTokenLoss": "nnUNetTrainerCPS4VLM_noTokenLoss",

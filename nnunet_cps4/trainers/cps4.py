@@ -253,6 +253,13 @@ class nnUNetTrainerCPS4_hardDiceCE(nnUNetTrainerCPS4):
     text_silent_ignored = False
 
 
+class nnUNetTrainerCPS4_warmup(nnUNetTrainerCPS4):
+    """Labeled cases alone for the first half of the schedule, then lambda ramps to 1 over the next 20 % (see
+    nnUNetTrainerMeanTeacher_warmup), everything else as nnUNetTrainerCPS4."""
+    unlabeled_start_fraction = 0.5
+    rampup_fraction = 0.2
+
+
 class nnUNetTrainerCPS4_lowWeight(nnUNetTrainerCPS4):
     """lambda_max = 0.1 (see nnUNetTrainerMeanTeacher_lowWeight), everything else as nnUNetTrainerCPS4."""
     unlabeled_weight = 0.1

@@ -54,6 +54,9 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
     ema_decay: float = 0.99              # teacher alpha = min(1 - 1/(step + 1), ema_decay)
     unlabeled_weight: float = 1.0        # lambda_max, the weight of the unlabeled loss after the ramp
     rampup_fraction: float = 0.4         # lambda ramps up (sigmoid-shaped) over this fraction of all epochs
+    # fraction of all epochs trained on the labeled batch alone (lambda = 0, no unlabeled batch, the teacher
+    # still averaging) before the ramp starts: pseudo labels only from a teacher that has learnt the labeled cases
+    unlabeled_start_fraction: float = 0.0
     # unlabeled patches per step = max(1, round(ratio * labeled batch size)); 0.5 keeps the mean teacher within
     # 2x nnU-Net's per-iteration cost (student on 1.5 batches + teacher on 0.5; 1.0 measured 2.4x on the CPU)
     unlabeled_batch_ratio: float = 0.5
@@ -116,7 +119,7 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
 
     def ssl_settings(self) -> dict:
         return {k: getattr(self, k) for k in ("ema_decay", "unlabeled_weight", "rampup_fraction",
-                                               "unlabeled_batch_ratio", "pseudo_label_dice_weight",
+                                               "unlabeled_start_fraction", "unlabeled_batch_ratio", "pseudo_label_dice_weight",
                                                "pseudo_label_threshold")}
 
     def unwrapped_student(self) -> nn.Module:
@@ -168,12 +171,16 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
 
     # --- one step ------------------------------------------------------------------------------------------
     def current_unlabeled_weight(self) -> float:
-        """lambda(t): unlabeled_weight times the sigmoid ramp over rampup_fraction of the schedule."""
+        """lambda(t): 0 for the first unlabeled_start_fraction of the schedule, then unlabeled_weight times the
+        sigmoid ramp over the next rampup_fraction of the schedule."""
+        epoch_progress = self.global_step / max(1, self.num_iterations_per_epoch)
+        since_start = epoch_progress - self.unlabeled_start_fraction * self.num_epochs
+        if since_start < 0:
+            return 0.0
         rampup_epochs = self.rampup_fraction * self.num_epochs
         if rampup_epochs <= 0:
             return float(self.unlabeled_weight)
-        epoch_progress = self.global_step / max(1, self.num_iterations_per_epoch)
-        return float(self.unlabeled_weight) * sigmoid_rampup(epoch_progress / rampup_epochs)
+        return float(self.unlabeled_weight) * sigmoid_rampup(since_start / rampup_epochs)
 
     @torch.no_grad()
     def make_pseudo_labels(self, unlabeled_data: torch.Tensor, teacher_logits: torch.Tensor
@@ -216,6 +223,9 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
 
     def train_step(self, batch: dict) -> dict:
         # Replaced as a whole: nnU-Net's train_step computes one loss and steps the optimizer itself.
+        lam = self.current_unlabeled_weight()
+        if lam == 0:
+            return self.labeled_only_step(batch)
         unlabeled = next(self.dataloader_unlabeled)
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
@@ -223,7 +233,6 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
             else target.to(self.device, non_blocking=True)
         data_u = unlabeled["data"].to(self.device, non_blocking=True)
         n_labeled = data.shape[0]
-        lam = self.current_unlabeled_weight()
 
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
@@ -252,6 +261,18 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
         return {"loss": total.detach().cpu().numpy(), "ssl_lambda": lam,
                 "supervised_loss": supervised.detach().cpu().numpy(),
                 "unlabeled_loss": unlabeled_loss.detach().cpu().numpy(), **stats}
+
+    def labeled_only_step(self, batch: dict) -> dict:
+        """A step while lambda = 0 (unlabeled_start_fraction): nnU-Net's own train_step, then the teacher update;
+        the unlabeled batch is neither loaded nor predicted (unmeasured statistics are NaN)."""
+        result = super().train_step(batch)
+        target = batch["target"]
+        target = (target[0] if isinstance(target, list) else target).to(self.device, non_blocking=True)
+        stats = {k: float("nan") for k in self.ssl_log_keys}
+        stats.update(self.labeled_batch_stats(batch["data"].to(self.device, non_blocking=True), target))
+        self.update_teacher()
+        self.global_step += 1
+        return {**stats, **result, "ssl_lambda": 0.0, "supervised_loss": result["loss"], "unlabeled_loss": 0.0}
 
     def _ds_targets(self, labels: torch.Tensor, outputs):
         return labels_like_outputs(labels, outputs) if self.enable_deep_supervision else labels
@@ -293,6 +314,15 @@ class nnUNetTrainerMeanTeacher_hardDiceCE(nnUNetTrainerMeanTeacher):
     """Every pixel's hard pseudo label, nnU-Net's Dice+CE (the first version; collapses levels on the phantom)."""
     pseudo_label_dice_weight = 1.0
     pseudo_label_threshold = 0.0
+
+
+class nnUNetTrainerMeanTeacher_warmup(nnUNetTrainerMeanTeacher):
+    """Labeled cases alone for the first half of the schedule, then lambda ramps to 1 over the next 20 %: a
+    teacher that starts pseudo-labelling while it is still near random is confidently background on most of the
+    spine, and confident-pixel CE then pushes the student to background on unlabeled images (docs/BENCHMARKS.md,
+    "Why the mean teacher lost the spine")."""
+    unlabeled_start_fraction = 0.5
+    rampup_fraction = 0.2
 
 
 class nnUNetTrainerMeanTeacher_lowWeight(nnUNetTrainerMeanTeacher):
