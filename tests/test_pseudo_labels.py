@@ -6,7 +6,8 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
 from nnunet_cps4.trainers.cps4 import nnUNetTrainerCPS4
-from nnunet_cps4.trainers.mean_teacher import nnUNetTrainerMeanTeacher, nnUNetTrainerMeanTeacher_hardDiceCE
+from nnunet_cps4.trainers.mean_teacher import (labels_like_outputs, nnUNetTrainerMeanTeacher,
+                                               nnUNetTrainerMeanTeacher_hardDiceCE, nnUNetTrainerMeanTeacher_warmup)
 
 
 def _trainer(cls, planned_toy, monkeypatch, tmp_path):
@@ -77,3 +78,34 @@ def test_cps4_supervises_where_teacher_and_vlm_agree(planned_toy, monkeypatch, t
     assert text == [1, ignore, ignore, 2]          # silent VLM pixels are not background, they are unsupervised
     assert combined == [1, ignore, 0, ignore]      # agreement kept, disagreement left out
     assert stats["teacher_text_agreement"] == pytest.approx(0.5)  # pixels 0 and 2 (both say background)
+
+
+def test_warmup_trains_on_labeled_cases_alone_then_ramps(planned_toy, monkeypatch, tmp_path):
+    trainer = _trainer(nnUNetTrainerMeanTeacher_warmup, planned_toy, monkeypatch, tmp_path)
+    trainer.num_epochs, trainer.num_iterations_per_epoch = 10, 4  # warm-up = epochs 0-4, ramp over epochs 5-6
+    weights = {}
+    for step in (0, 19, 20, 24, 28, 39):
+        trainer.global_step = step
+        weights[step] = trainer.current_unlabeled_weight()
+    assert weights[0] == weights[19] == 0.0
+    assert weights[20] == pytest.approx(float(torch.exp(torch.tensor(-5.0)))) and weights[20] < weights[24] < 1
+    assert weights[28] == weights[39] == 1.0
+
+    # a warm-up step is nnU-Net's labeled step plus the teacher update: the unlabeled loader is not touched
+    class _NoUnlabeledBatches:
+        def __next__(self):
+            raise AssertionError("the unlabeled batch was loaded during the warm-up")
+    trainer.dataloader_unlabeled = _NoUnlabeledBatches()
+    trainer.global_step = 0
+    data = torch.randn(2, 1, *trainer.configuration_manager.patch_size)
+    with torch.no_grad():
+        outputs = trainer.network(data)
+    labels = (data > 0).long()
+    teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    result = trainer.train_step({"data": data, "target": labels_like_outputs(labels, outputs)})
+    assert result["ssl_lambda"] == 0.0 and result["unlabeled_loss"] == 0.0 and result["loss"] > 0
+    assert set(trainer.ssl_log_keys) <= set(result)
+    assert trainer.global_step == 1
+    student = trainer.unwrapped_student().state_dict()
+    assert all(torch.equal(trainer.teacher.state_dict()[k], student[k]) for k in student)  # alpha 0 at step 0
+    assert any(not torch.equal(teacher_before[k], student[k]) for k in student)
