@@ -47,6 +47,7 @@ METHODS: Dict[str, str] = {
     "cps4_vlmSegLoss": "nnUNetTrainerCPS4_vlmSegLoss",
     "cps4_lowWeight": "nnUNetTrainerCPS4_lowWeight",
     "cps4_warmup": "nnUNetTrainerCPS4_warmup",
+    "cps4_warmupRefinedOnly": "nnUNetTrainerCPS4_warmupRefinedOnly",
     # the stage-(i) VLMs themselves: their fused maps as a segmentation (CPS4 reuses the same checkpoints)
     "vlm": "nnUNetTrainerCPS4VLM",
     "vlm_noTokenLoss": "nnUNetTrainerCPS4VLM_noTokenLoss",
