@@ -202,7 +202,14 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
         metrics_file = os.path.join(pred, "metrics.json")
         if os.path.isfile(metrics_file):
             with open(metrics_file) as f:
-                run["methods"][method] = json.load(f)
+                metrics = json.load(f)
+            if "foreground_volume_ratio" not in metrics:  # written before the ratio existed: add it
+                from nnunet_cps4.evaluation import foreground_volume_ratio
+                metrics["foreground_volume_ratio"] = foreground_volume_ratio(
+                    pred, os.path.join(source, "labelsTs"), sorted(metrics["cases"]), dataset_json["file_ending"])
+                with open(metrics_file, "w") as f:
+                    json.dump(metrics, f, indent=1)
+            run["methods"][method] = metrics
             continue
         train_seconds = None
         is_vlm = method.startswith("vlm")
@@ -265,6 +272,7 @@ def summarize(runs: List[dict], methods: List[str], class_names: List[str]) -> d
             entry = {"seeds": len(per_seed)}
             for metric in ("Dice", "IoU", "HD95"):
                 entry[f"mean_{metric}"] = mean_sd([m["mean"][metric] for m in per_seed])
+            entry["foreground_volume_ratio"] = mean_sd([m["foreground_volume_ratio"]["median"] for m in per_seed])
             entry["per_class_Dice"] = {c: mean_sd([m["per_class"][c]["Dice"] for m in per_seed]) for c in class_names}
             quality = [m["pseudo_labels"]["mean_Dice"] for m in per_seed if "pseudo_labels" in m]
             if quality:
@@ -280,12 +288,15 @@ def markdown_table(summary: dict, class_names: List[str], args) -> str:
     for fraction, methods in summary.items():
         base = methods.get(BASELINE, {}).get("mean_Dice", [np.nan])[0]
         lines += [f"### {float(fraction) * 100:g} % labeled", "",
-                  "| method | mean Dice | vs supervised | mean IoU | mean HD95 (mm) | seeds |", "|---|---|---|---|---|---|"]
+                  "| method | mean Dice | vs supervised | mean IoU | mean HD95 (mm) | foreground volume pred/true "
+                  "(median) | seeds |", "|---|---|---|---|---|---|---|"]
         for method, e in methods.items():
             delta = e["mean_Dice"][0] - base
             hd = e["mean_HD95"]
             lines.append(f"| {method} | {pm(e['mean_Dice'])} | {100 * delta:+.1f} | {pm(e['mean_IoU'])} | "
-                         f"{'n/a' if np.isnan(hd[0]) else f'{hd[0]:.1f} ± {hd[1]:.1f}'} | {e['seeds']} |")
+                         f"{'n/a' if np.isnan(hd[0]) else f'{hd[0]:.1f} ± {hd[1]:.1f}'} | "
+                         f"{e['foreground_volume_ratio'][0]:.2f} ± {e['foreground_volume_ratio'][1]:.2f} | "
+                         f"{e['seeds']} |")
         quality = {m: e["pseudo_label_mean_Dice"] for m, e in methods.items() if "pseudo_label_mean_Dice" in e}
         if quality:
             lines += ["", "Pseudo labels on unlabeled training cases (mean Dice vs their true labels of the final "

@@ -4,6 +4,8 @@ Conventions (also written into every results file):
 - Dice/IoU of a class absent from both reference and prediction is NaN and left out of means (nnU-Net's rule);
   absent from one of them: 0.
 - HD95 (mm, using the image spacing) is NaN when the class is empty in the reference or the prediction.
+- Foreground volume ratio: voxels with any foreground label in the prediction / in the reference, per case; its
+  median over cases shows under- (< 1) or over-segmentation (> 1) that a mean Dice hides.
 - Per-class scores are means over cases (NaN-aware); the case-level "mean" is over the foreground classes that
   are defined for that case, and a method's mean Dice is the mean over classes of the per-class means.
 """
@@ -54,7 +56,23 @@ def evaluate_folder(pred_folder: str, ref_folder: str, labels: Dict[str, int], f
     rw = SimpleITKIO()
     per_case = {c: evaluate_case(os.path.join(pred_folder, c + file_ending), os.path.join(ref_folder, c + file_ending),
                                  labels, rw) for c in cases}
-    return {"cases": per_case, **aggregate(per_case, list(labels))}
+    return {"cases": per_case, **aggregate(per_case, list(labels)),
+            "foreground_volume_ratio": foreground_volume_ratio(pred_folder, ref_folder, cases, file_ending)}
+
+
+def foreground_volume_ratio(pred_folder: str, ref_folder: str, cases: List[str], file_ending: str = ".nii.gz"
+                            ) -> dict:
+    """{"cases": {case: predicted / reference foreground voxels}, "median": over cases}."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    rw = SimpleITKIO()
+    ratios = {}
+    for c in cases:
+        ref = rw.read_seg(os.path.join(ref_folder, c + file_ending))[0] > 0
+        pred = rw.read_seg(os.path.join(pred_folder, c + file_ending))[0] > 0
+        ratios[c] = float(pred.sum() / ref.sum()) if ref.any() else float("nan")
+    values = np.array(list(ratios.values()), dtype=float)
+    return {"cases": ratios, "median": float(np.nanmedian(values)) if np.isfinite(values).any() else float("nan")}
 
 
 def aggregate(per_case: Dict[str, Dict[str, dict]], class_names: List[str]) -> dict:

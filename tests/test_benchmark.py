@@ -21,6 +21,7 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     assert set(summary) == {"supervised", "vlm", "cps4"}
     for entry in summary.values():
         assert entry["seeds"] == 1 and len(entry["per_class_Dice"]) == 19
+        assert entry["foreground_volume_ratio"][0] >= 0
     # CPS4's training signal is analysed on the unlabeled training cases: teacher, VLM map and refined label
     assert set(summary["cps4"]["pseudo_label_mean_Dice"]) == {"teacher", "text", "refined"}
     # every method saw the same labeled cases, batch size and plans
@@ -37,7 +38,7 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     assert cost["nnUNetTrainerSupervised_smoke"]["time_ratio"] == 1.0
     assert cost["nnUNetTrainerCPS4_smoke"]["seconds_per_iteration"] > 0
     md = (out / "results.md").read_text()
-    assert "| cps4 |" in md and "vs supervised" in md and "Per-iteration cost" in md
+    assert "| cps4 |" in md and "foreground volume" in md and "vs supervised" in md and "Per-iteration cost" in md
     assert (out / "results.png").stat().st_size > 10000
 
     # a rerun under the same protocol reuses what is done; another protocol is refused
@@ -47,3 +48,22 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     refused = subprocess.run([os.path.join(BIN, "nnUNetv2_cps4_benchmark"), "--preset", "tiny", "--out", str(out),
                               "--schedule", "5epochs"], env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "another protocol" in refused.stderr and "schedule" in refused.stderr
+
+
+def test_foreground_volume_ratio_counts_any_foreground_label(tmp_path):
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nnunet_cps4.evaluation import foreground_volume_ratio
+
+    ref = np.zeros((1, 4, 4), np.uint8)
+    ref[0, :2, :2] = 1                              # 4 foreground voxels
+    under, over = np.zeros_like(ref), np.zeros_like(ref)
+    under[0, 0, 0] = 2                              # 1 voxel, another class: still foreground
+    over[0] = 3                                     # 16 voxels
+    for folder, arrays in (("ref", {"a": ref, "b": ref}), ("pred", {"a": under, "b": over})):
+        os.makedirs(tmp_path / folder)
+        for case, array in arrays.items():
+            sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / folder / f"{case}.nii.gz"))
+    result = foreground_volume_ratio(str(tmp_path / "pred"), str(tmp_path / "ref"), ["a", "b"])
+    assert result["cases"] == {"a": 0.25, "b": 4.0} and result["median"] == 2.125
