@@ -340,6 +340,30 @@ def plot_summary(summary: dict, class_names: List[str], out_png: str) -> None:
     plt.close(fig)
 
 
+def plot_test_cases(out: str, source: str, run: dict, methods: List[str], num_labels: int, out_png: str,
+                    num_cases: int = 3) -> None:
+    """Every method's prediction of the first test cases of one run, beside image and reference (a picture of
+    what the mean Dice summarises; drawn after the evaluation, from its files)."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from nnunet_cps4.plots import save_prediction_panels
+
+    methods = [m for m in methods if m in run["methods"]]
+    run_key = f"fraction_{run['fraction']}_seed_{run['seed']}"
+    with open(os.path.join(source, "dataset.json")) as f:
+        ending = json.load(f)["file_ending"]
+    rw = SimpleITKIO()
+    rows = []
+    for case in sorted(run["methods"][methods[0]]["cases"])[:num_cases] if methods else []:
+        image = rw.read_images([os.path.join(source, "imagesTs", f"{case}_0000{ending}")])[0][0]
+        reference = rw.read_seg(os.path.join(source, "labelsTs", case + ending))[0][0]
+        predictions = [rw.read_seg(os.path.join(out, "predictions", m, run_key, case + ending))[0][0]
+                       for m in methods]
+        rows.append((case, image, reference, predictions))
+    if rows:
+        save_prediction_panels(rows, methods, num_labels, out_png)
+
+
 def run_benchmark(args) -> dict:
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -377,8 +401,9 @@ def run_benchmark(args) -> dict:
     with open(report + ".md", "w") as f:
         f.write(f"Command: `{results['command']}`\n\n{text}")
     plot_summary(summary, class_names, report + ".png")
+    plot_test_cases(out, source, runs[0], args.methods, len(class_names), report + "_cases.png")
     print(text)
-    print(f"results: {report}.md, {report}.png")
+    print(f"results: {report}.md, {report}.png, {report}_cases.png")
     return results
 
 

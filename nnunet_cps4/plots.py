@@ -87,3 +87,24 @@ def save_pseudo_label_panels(rows, num_labels: int, out_png: str) -> None:
     fig.tight_layout()
     fig.savefig(out_png, dpi=80)
     plt.close(fig)
+
+
+def save_prediction_panels(rows, method_names: Sequence[str], num_labels: int, out_png: str) -> None:
+    """One row per test case: image | reference | each method's prediction (middle slice along axis 0).
+
+    rows: [(case, image, reference, [prediction per method])], arrays (Z, Y, X) or (Y, X).
+    """
+    titles = ["image", "reference"] + list(method_names)
+    fig, axes = plt.subplots(len(rows), len(titles), figsize=(1.9 * len(titles), 3.8 * len(rows)), squeeze=False)
+    for r, (case, image, reference, predictions) in enumerate(rows):
+        if image.ndim == 3:
+            z = image.shape[0] // 2
+            image, reference, predictions = image[z], reference[z], [p[z] for p in predictions]
+        axes[r, 0].imshow(image, cmap="gray")
+        axes[r, 0].set_title(case, fontsize=8)
+        axes[r, 0].axis("off")
+        for c, (labels, title) in enumerate(zip([reference] + list(predictions), titles[1:]), start=1):
+            show_labels(axes[r, c], image, labels, num_labels, title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)

@@ -40,6 +40,7 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     md = (out / "results.md").read_text()
     assert "| cps4 |" in md and "foreground volume" in md and "vs supervised" in md and "Per-iteration cost" in md
     assert (out / "results.png").stat().st_size > 10000
+    assert (out / "results_cases.png").stat().st_size > 10000
 
     # a rerun under the same protocol reuses what is done; another protocol is refused
     again = subprocess.run([os.path.join(BIN, "nnUNetv2_cps4_benchmark"), "--preset", "tiny", "--out", str(out),
