@@ -38,6 +38,7 @@ METHODS: Dict[str, str] = {
     "meanteacher_hardDiceCE": "nnUNetTrainerMeanTeacher_hardDiceCE",
     "meanteacher_lowWeight": "nnUNetTrainerMeanTeacher_lowWeight",
     "meanteacher_warmup": "nnUNetTrainerMeanTeacher_warmup",
+    "meanteacher_warmupDice": "nnUNetTrainerMeanTeacher_warmupDice",
     "cps4": "nnUNetTrainerCPS4",
     "cps4_noTokenLoss": "nnUNetTrainerCPS4_noTokenLoss",
     "cps4_noPixelLoss": "nnUNetTrainerCPS4_noPixelLoss",
@@ -48,6 +49,7 @@ METHODS: Dict[str, str] = {
     "cps4_lowWeight": "nnUNetTrainerCPS4_lowWeight",
     "cps4_warmup": "nnUNetTrainerCPS4_warmup",
     "cps4_warmupRefinedOnly": "nnUNetTrainerCPS4_warmupRefinedOnly",
+    "cps4_warmupRefinedOnlyDice": "nnUNetTrainerCPS4_warmupRefinedOnlyDice",
     # the stage-(i) VLMs themselves: their fused maps as a segmentation (CPS4 reuses the same checkpoints)
     "vlm": "nnUNetTrainerCPS4VLM",
     "vlm_noTokenLoss": "nnUNetTrainerCPS4VLM_noTokenLoss",

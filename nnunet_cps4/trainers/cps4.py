@@ -270,6 +270,15 @@ class nnUNetTrainerCPS4_warmupRefinedOnly(nnUNetTrainerCPS4):
     text_loss_weight = 0.0
 
 
+class nnUNetTrainerCPS4_warmupRefinedOnlyDice(nnUNetTrainerCPS4):
+    """nnUNetTrainerCPS4_warmupRefinedOnly with nnU-Net's Dice+CE on the refined label (see
+    nnUNetTrainerMeanTeacher_warmupDice)."""
+    unlabeled_start_fraction = 0.5
+    rampup_fraction = 0.2
+    text_loss_weight = 0.0
+    pseudo_label_dice_weight = 1.0
+
+
 class nnUNetTrainerCPS4_lowWeight(nnUNetTrainerCPS4):
     """lambda_max = 0.1 (see nnUNetTrainerMeanTeacher_lowWeight), everything else as nnUNetTrainerCPS4."""
     unlabeled_weight = 0.1

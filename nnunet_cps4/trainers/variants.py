@@ -21,7 +21,8 @@ class nnUNetTrainerSupervised(nnUNetTrainer):
 
 FAMILIES = (
     [nnUNetTrainerSupervised, mean_teacher.nnUNetTrainerMeanTeacher, mean_teacher.nnUNetTrainerMeanTeacher_hardDiceCE,
-     mean_teacher.nnUNetTrainerMeanTeacher_lowWeight, mean_teacher.nnUNetTrainerMeanTeacher_warmup]
+     mean_teacher.nnUNetTrainerMeanTeacher_lowWeight, mean_teacher.nnUNetTrainerMeanTeacher_warmup,
+     mean_teacher.nnUNetTrainerMeanTeacher_warmupDice]
     + [vlm_pretraining.nnUNetTrainerCPS4VLM] + vlm_pretraining.nnUNetTrainerCPS4VLM.__subclasses__()
     + [cps4.nnUNetTrainerCPS4] + cps4.nnUNetTrainerCPS4.__subclasses__()
 )
