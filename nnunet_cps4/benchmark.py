@@ -50,6 +50,7 @@ METHODS: Dict[str, str] = {
     "cps4_warmup": "nnUNetTrainerCPS4_warmup",
     "cps4_warmupRefinedOnly": "nnUNetTrainerCPS4_warmupRefinedOnly",
     "cps4_warmupRefinedOnlyDice": "nnUNetTrainerCPS4_warmupRefinedOnlyDice",
+    "cps4_warmupDiceVeto": "nnUNetTrainerCPS4_warmupDiceVeto",
     # the stage-(i) VLMs themselves: their fused maps as a segmentation (CPS4 reuses the same checkpoints)
     "vlm": "nnUNetTrainerCPS4VLM",
     "vlm_noTokenLoss": "nnUNetTrainerCPS4VLM_noTokenLoss",

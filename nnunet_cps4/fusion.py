@@ -262,12 +262,21 @@ def text_probabilities(fused: torch.Tensor, scores: torch.Tensor) -> torch.Tenso
         stacked.gather(1, fused.long().unsqueeze(1))
 
 
-def refine_with_text(teacher_probs: torch.Tensor, fused: torch.Tensor, scores: torch.Tensor, weight: float
-                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+def refine_with_text(teacher_probs: torch.Tensor, fused: torch.Tensor, scores: torch.Tensor, weight: float,
+                     silent_defers: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """CPS4's refined pseudo label: argmax(softmax(teacher) + w * VLM vote), one rule for training and analysis.
 
     teacher_probs (B, C + 1, *S); fused (B, *S) and scores (B, C, *S) as for `text_probabilities`. Returns
     (the winning vote normalised to [0, 1] by 1 + w, (B, 1, *S); the refined labels, (B, 1, *S)).
+
+    silent_defers: where no class map fires (fused == 0) the VLM casts no vote and the teacher's label and
+    probability stand; by default such a pixel is a background vote of 1 - max_c p_c, which outvotes a teacher's
+    foreground wherever the VLM misses a structure.
     """
     vote, labels = (teacher_probs + weight * text_probabilities(fused, scores)).max(1, keepdim=True)
-    return vote / (1 + weight), labels
+    vote = vote / (1 + weight)
+    if silent_defers:
+        silent = (fused == 0).unsqueeze(1)
+        teacher_vote, teacher_labels = teacher_probs.max(1, keepdim=True)
+        vote, labels = torch.where(silent, teacher_vote, vote), torch.where(silent, teacher_labels, labels)
+    return vote, labels

@@ -85,7 +85,8 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
             y_text = fuse_maps(probs[None], settings["binarize_method"], settings["fixed_threshold"],
                                settings["min_peak"])
             _, refined = refine_with_text(torch.softmax(logits, 0)[None], y_text, probs[None],
-                                          settings["text_combination_weight"])
+                                          settings["text_combination_weight"],
+                                          settings.get("text_silent_defers", False))
             labels.update({"text": y_text[0].numpy(), "refined": refined[0, 0].numpy()})
             changed.append(float((labels["refined"] != labels["teacher"]).mean()))
             agreement.append(float((labels["text"] == labels["teacher"]).mean()))

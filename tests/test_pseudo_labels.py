@@ -5,7 +5,7 @@ import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from nnunet_cps4.trainers.cps4 import nnUNetTrainerCPS4
+from nnunet_cps4.trainers.cps4 import nnUNetTrainerCPS4, nnUNetTrainerCPS4_warmupDiceVeto
 from nnunet_cps4.trainers.mean_teacher import (labels_like_outputs, nnUNetTrainerMeanTeacher,
                                                nnUNetTrainerMeanTeacher_hardDiceCE, nnUNetTrainerMeanTeacher_warmup)
 
@@ -78,6 +78,14 @@ def test_cps4_supervises_where_teacher_and_vlm_agree(planned_toy, monkeypatch, t
     assert text == [1, ignore, ignore, 2]          # silent VLM pixels are not background, they are unsupervised
     assert combined == [1, ignore, 0, ignore]      # agreement kept, disagreement left out
     assert stats["teacher_text_agreement"] == pytest.approx(0.5)  # pixels 0 and 2 (both say background)
+
+    # the veto variant: where the VLM is silent the confident teacher decides; where it fires and disagrees the
+    # pixel is left out; no separate y_text loss
+    veto = _trainer(nnUNetTrainerCPS4_warmupDiceVeto, planned_toy, monkeypatch, tmp_path)
+    veto.vlm = _StubVLM(vlm)
+    targets, _ = veto.make_pseudo_labels(torch.zeros(1, 1, 1, 4), teacher)
+    assert targets["combined"][1][0, 0, 0].tolist() == [1, 2, 0, ignore]
+    assert targets["text"][0] == 0.0
 
 
 def test_warmup_trains_on_labeled_cases_alone_then_ramps(planned_toy, monkeypatch, tmp_path):

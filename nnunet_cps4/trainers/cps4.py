@@ -38,6 +38,7 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
     combined_loss_weight: float = 1.0      # weight of L(student, combined pseudo label)
     text_combination_weight: float = 1.0   # w in argmax(softmax(teacher) + w * q_text)
     text_silent_ignored: bool = True       # pixels where no class map fires: unsupervised in L(student, y_text)
+    text_silent_defers: bool = False       # ... and in the refinement the teacher alone decides there
     binarize_method: str = "otsu"          # "otsu" | "fixed"
     fixed_threshold: float = 0.5
     min_peak: float = 0.5                  # a class map whose peak is below this fires nowhere
@@ -58,7 +59,7 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
         settings = super().ssl_settings()
         settings.update({k: getattr(self, k) for k in (
             "vlm_trainer_name", "use_text", "text_loss_weight", "combined_loss_weight", "text_combination_weight",
-            "text_silent_ignored", "binarize_method", "fixed_threshold", "min_peak")})
+            "text_silent_ignored", "text_silent_defers", "binarize_method", "fixed_threshold", "min_peak")})
         return settings
 
     # --- the VLM -------------------------------------------------------------------------------------------
@@ -133,7 +134,8 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
         teacher_probs = torch.softmax(teacher_logits.float(), 1)
         teacher_labels = teacher_probs.argmax(1, keepdim=True)
         probs, y_text = self.text_labels(unlabeled_data)
-        vote, combined = refine_with_text(teacher_probs, y_text, probs, self.text_combination_weight)
+        vote, combined = refine_with_text(teacher_probs, y_text, probs, self.text_combination_weight,
+                                          self.text_silent_defers)
         combined = self.ignore_unconfident(combined, vote)
         y_text = y_text.unsqueeze(1)
         stats.update({"teacher_text_agreement": (teacher_labels == y_text).float().mean().item(),
@@ -277,6 +279,19 @@ class nnUNetTrainerCPS4_warmupRefinedOnlyDice(nnUNetTrainerCPS4):
     rampup_fraction = 0.2
     text_loss_weight = 0.0
     pseudo_label_dice_weight = 1.0
+
+
+class nnUNetTrainerCPS4_warmupDiceVeto(nnUNetTrainerCPS4):
+    """nnUNetTrainerMeanTeacher_warmupDice with the VLM as a veto: the student learns the teacher's confident
+    label (Dice+CE) except where a VLM class map fires and disagrees; where no map fires the teacher decides.
+    No separate L(student, y_text) (it made students over-segment). In _warmupRefinedOnlyDice a silent VLM
+    counted as a background vote, so every structure the VLM missed lost its teacher label and the student
+    collapsed to background (docs/BENCHMARKS.md)."""
+    unlabeled_start_fraction = 0.5
+    rampup_fraction = 0.2
+    text_loss_weight = 0.0
+    pseudo_label_dice_weight = 1.0
+    text_silent_defers = True
 
 
 class nnUNetTrainerCPS4_lowWeight(nnUNetTrainerCPS4):

@@ -7,7 +7,8 @@ from nnunet_cps4.trainers.cps4 import (  # noqa: F401
     nnUNetTrainerCPS4, nnUNetTrainerCPS4_hardDiceCE, nnUNetTrainerCPS4_noPixelLoss, nnUNetTrainerCPS4_noText,
     nnUNetTrainerCPS4_noTokenLoss, nnUNetTrainerCPS4_randomText, nnUNetTrainerCPS4_textOnly,
     nnUNetTrainerCPS4_lowWeight, nnUNetTrainerCPS4_vlmSegLoss, nnUNetTrainerCPS4_warmup,
-    nnUNetTrainerCPS4_warmupRefinedOnly, nnUNetTrainerCPS4_warmupRefinedOnlyDice)
+    nnUNetTrainerCPS4_warmupRefinedOnly, nnUNetTrainerCPS4_warmupRefinedOnlyDice,
+    nnUNetTrainerCPS4_warmupDiceVeto)
 from nnunet_cps4.trainers.mean_teacher import (  # noqa: F401
     nnUNetTrainerMeanTeacher, nnUNetTrainerMeanTeacher_hardDiceCE, nnUNetTrainerMeanTeacher_lowWeight,
     nnUNetTrainerMeanTeacher_warmup, nnUNetTrainerMeanTeacher_warmupDice)
