@@ -26,13 +26,17 @@ def _hd95(pred: np.ndarray, ref: np.ndarray, spacing) -> float:
     return float(hd95(pred, ref, voxelspacing=spacing))
 
 
-def evaluate_case(pred_file: str, ref_file: str, labels: Dict[str, int], reader_writer) -> Dict[str, dict]:
-    """{class name: {"Dice", "IoU", "HD95"}} for one case."""
+def _read_case(pred_folder: str, ref_folder: str, case: str, file_ending: str, reader_writer):
+    """(prediction, reference, reference spacing) of one case; label maps as read, shape (1, *S)."""
+    ref, ref_props = reader_writer.read_seg(os.path.join(ref_folder, case + file_ending))
+    pred, _ = reader_writer.read_seg(os.path.join(pred_folder, case + file_ending))
+    return pred, ref, ref_props["spacing"]
+
+
+def evaluate_case(pred, ref, spacing, labels: Dict[str, int]) -> Dict[str, dict]:
+    """{class name: {"Dice", "IoU", "HD95"}} for one case (label maps as read, (1, *S))."""
     from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
 
-    ref, ref_props = reader_writer.read_seg(ref_file)
-    pred, _ = reader_writer.read_seg(pred_file)
-    spacing = ref_props["spacing"]
     result = {}
     for name, label in labels.items():
         r, p = ref[0] == label, pred[0] == label
@@ -44,9 +48,20 @@ def evaluate_case(pred_file: str, ref_file: str, labels: Dict[str, int], reader_
     return result
 
 
+def _volume_ratio(pred, ref) -> float:
+    """Predicted / reference foreground voxels (any label > 0); NaN for an empty reference."""
+    n_ref = (ref > 0).sum()
+    return float((pred > 0).sum() / n_ref) if n_ref else float("nan")
+
+
+def _ratio_summary(ratios: Dict[str, float]) -> dict:
+    values = np.array(list(ratios.values()), dtype=float)
+    return {"cases": ratios, "median": float(np.nanmedian(values)) if np.isfinite(values).any() else float("nan")}
+
+
 def evaluate_folder(pred_folder: str, ref_folder: str, labels: Dict[str, int], file_ending: str = ".nii.gz"
                     ) -> dict:
-    """Every reference case must have a prediction; returns per-case and aggregated metrics."""
+    """Every reference case must have a prediction; returns per-case and aggregated metrics (each file read once)."""
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
     cases = sorted(f[:-len(file_ending)] for f in os.listdir(ref_folder) if f.endswith(file_ending))
@@ -54,25 +69,23 @@ def evaluate_folder(pred_folder: str, ref_folder: str, labels: Dict[str, int], f
     if missing:
         raise FileNotFoundError(f"{pred_folder} lacks predictions for {missing}")
     rw = SimpleITKIO()
-    per_case = {c: evaluate_case(os.path.join(pred_folder, c + file_ending), os.path.join(ref_folder, c + file_ending),
-                                 labels, rw) for c in cases}
-    return {"cases": per_case, **aggregate(per_case, list(labels)),
-            "foreground_volume_ratio": foreground_volume_ratio(pred_folder, ref_folder, cases, file_ending)}
+    per_case, ratios = {}, {}
+    for c in cases:
+        pred, ref, spacing = _read_case(pred_folder, ref_folder, c, file_ending, rw)
+        per_case[c] = evaluate_case(pred, ref, spacing, labels)
+        ratios[c] = _volume_ratio(pred, ref)
+    return {"cases": per_case, **aggregate(per_case, list(labels)), "foreground_volume_ratio": _ratio_summary(ratios)}
 
 
 def foreground_volume_ratio(pred_folder: str, ref_folder: str, cases: List[str], file_ending: str = ".nii.gz"
                             ) -> dict:
-    """{"cases": {case: predicted / reference foreground voxels}, "median": over cases}."""
+    """{"cases": {case: predicted / reference foreground voxels}, "median": over cases}, from the files (for
+    results evaluated before the ratio existed; evaluate_folder computes it from the arrays it already read)."""
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
     rw = SimpleITKIO()
-    ratios = {}
-    for c in cases:
-        ref = rw.read_seg(os.path.join(ref_folder, c + file_ending))[0] > 0
-        pred = rw.read_seg(os.path.join(pred_folder, c + file_ending))[0] > 0
-        ratios[c] = float(pred.sum() / ref.sum()) if ref.any() else float("nan")
-    values = np.array(list(ratios.values()), dtype=float)
-    return {"cases": ratios, "median": float(np.nanmedian(values)) if np.isfinite(values).any() else float("nan")}
+    return _ratio_summary({c: _volume_ratio(*_read_case(pred_folder, ref_folder, c, file_ending, rw)[:2])
+                           for c in cases})
 
 
 def aggregate(per_case: Dict[str, Dict[str, dict]], class_names: List[str]) -> dict:

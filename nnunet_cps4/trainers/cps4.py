@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import distributed as dist
 
-from nnunet_cps4.trainers.mean_teacher import nnUNetTrainerMeanTeacher
+from nnunet_cps4.trainers.mean_teacher import LabeledWarmupMixin, nnUNetTrainerMeanTeacher
 
 
 class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
@@ -255,40 +255,31 @@ class nnUNetTrainerCPS4_hardDiceCE(nnUNetTrainerCPS4):
     text_silent_ignored = False
 
 
-class nnUNetTrainerCPS4_warmup(nnUNetTrainerCPS4):
-    """Labeled cases alone for the first half of the schedule, then lambda ramps to 1 over the next 20 % (see
-    nnUNetTrainerMeanTeacher_warmup), everything else as nnUNetTrainerCPS4."""
-    unlabeled_start_fraction = 0.5
-    rampup_fraction = 0.2
+class nnUNetTrainerCPS4_warmup(LabeledWarmupMixin, nnUNetTrainerCPS4):
+    """CPS4 with the labeled-only warm-up (LabeledWarmupMixin), everything else as nnUNetTrainerCPS4."""
 
 
-class nnUNetTrainerCPS4_warmupRefinedOnly(nnUNetTrainerCPS4):
+class nnUNetTrainerCPS4_warmupRefinedOnly(LabeledWarmupMixin, nnUNetTrainerCPS4):
     """nnUNetTrainerCPS4_warmup without the separate L(student, y_text): the VLM acts only through the refined
     label, i.e. the student learns the pixels where the confident teacher and the VLM agree. L(student, y_text)
     supervises the VLM's firing pixels alone (silent pixels are unsupervised), which pushed the student to
     over-segment (1.7x the true foreground volume, docs/BENCHMARKS.md)."""
-    unlabeled_start_fraction = 0.5
-    rampup_fraction = 0.2
     text_loss_weight = 0.0
 
 
-class nnUNetTrainerCPS4_warmupRefinedOnlyDice(nnUNetTrainerCPS4):
+class nnUNetTrainerCPS4_warmupRefinedOnlyDice(LabeledWarmupMixin, nnUNetTrainerCPS4):
     """nnUNetTrainerCPS4_warmupRefinedOnly with nnU-Net's Dice+CE on the refined label (see
     nnUNetTrainerMeanTeacher_warmupDice)."""
-    unlabeled_start_fraction = 0.5
-    rampup_fraction = 0.2
     text_loss_weight = 0.0
     pseudo_label_dice_weight = 1.0
 
 
-class nnUNetTrainerCPS4_warmupDiceVeto(nnUNetTrainerCPS4):
+class nnUNetTrainerCPS4_warmupDiceVeto(LabeledWarmupMixin, nnUNetTrainerCPS4):
     """nnUNetTrainerMeanTeacher_warmupDice with the VLM as a veto: the student learns the teacher's confident
     label (Dice+CE) except where a VLM class map fires and disagrees; where no map fires the teacher decides.
     No separate L(student, y_text) (it made students over-segment). In _warmupRefinedOnlyDice a silent VLM
     counted as a background vote, so every structure the VLM missed lost its teacher label and the student
     collapsed to background (docs/BENCHMARKS.md)."""
-    unlabeled_start_fraction = 0.5
-    rampup_fraction = 0.2
     text_loss_weight = 0.0
     pseudo_label_dice_weight = 1.0
     text_silent_defers = True

@@ -265,11 +265,14 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
     def labeled_only_step(self, batch: dict) -> dict:
         """A step while lambda = 0 (unlabeled_start_fraction): nnU-Net's own train_step, then the teacher update;
         the unlabeled batch is neither loaded nor predicted (unmeasured statistics are NaN)."""
-        result = super().train_step(batch)
+        # moved to the device once, here; nnU-Net's train_step then finds the tensors already there
+        data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
-        target = (target[0] if isinstance(target, list) else target).to(self.device, non_blocking=True)
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        result = super().train_step({**batch, "data": data, "target": target})
         stats = {k: float("nan") for k in self.ssl_log_keys}
-        stats.update(self.labeled_batch_stats(batch["data"].to(self.device, non_blocking=True), target))
+        stats.update(self.labeled_batch_stats(data, target[0] if isinstance(target, list) else target))
         self.update_teacher()
         self.global_step += 1
         return {**stats, **result, "ssl_lambda": 0.0, "supervised_loss": result["loss"], "unlabeled_loss": 0.0}
@@ -316,22 +319,25 @@ class nnUNetTrainerMeanTeacher_hardDiceCE(nnUNetTrainerMeanTeacher):
     pseudo_label_threshold = 0.0
 
 
-class nnUNetTrainerMeanTeacher_warmup(nnUNetTrainerMeanTeacher):
-    """Labeled cases alone for the first half of the schedule, then lambda ramps to 1 over the next 20 %: a
-    teacher that starts pseudo-labelling while it is still near random is confidently background on most of the
+class LabeledWarmupMixin:
+    """The `_warmup` schedule of lambda, one place for every warm-up variant (mixed in before the trainer class):
+    labeled cases alone for the first half of the schedule, then lambda ramps to its maximum over the next 20 %.
+    A teacher that starts pseudo-labelling while it is still near random is confidently background on most of the
     spine, and confident-pixel CE then pushes the student to background on unlabeled images (docs/BENCHMARKS.md,
-    "Why the mean teacher lost the spine")."""
+    "Where the pixels went")."""
     unlabeled_start_fraction = 0.5
     rampup_fraction = 0.2
 
 
-class nnUNetTrainerMeanTeacher_warmupDice(nnUNetTrainerMeanTeacher):
+class nnUNetTrainerMeanTeacher_warmup(LabeledWarmupMixin, nnUNetTrainerMeanTeacher):
+    """The mean teacher with the labeled-only warm-up (LabeledWarmupMixin)."""
+
+
+class nnUNetTrainerMeanTeacher_warmupDice(LabeledWarmupMixin, nnUNetTrainerMeanTeacher):
     """nnUNetTrainerMeanTeacher_warmup with nnU-Net's Dice+CE (not CE alone) on the confident pixels. The confident
     pixels are mostly background (the uncertain ones lie on and around the spine), so CE alone taught the student
     to shrink the spine (predicted/true foreground volume 0.71 vs supervised 0.91); the Dice term weighs every
     foreground class equally whatever its pixel count."""
-    unlabeled_start_fraction = 0.5
-    rampup_fraction = 0.2
     pseudo_label_dice_weight = 1.0
 
 
