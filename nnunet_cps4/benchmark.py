@@ -257,10 +257,19 @@ def torch_device(name: str):
 
 
 def mean_sd(values) -> List[float]:
-    """[mean, sd] over seeds, NaNs (class absent from every test case) ignored; [nan, nan] if all are NaN."""
+    """[mean, sample sd] over seeds, NaNs (class absent from every test case) ignored; the sd is NaN for a
+    single value (one seed has no spread) and both are NaN if all values are."""
     values = np.asarray(values, dtype=float)
     finite = values[np.isfinite(values)]
-    return [float(finite.mean()), float(finite.std())] if finite.size else [float("nan"), float("nan")]
+    if not finite.size:
+        return [float("nan"), float("nan")]
+    return [float(finite.mean()), float(finite.std(ddof=1)) if finite.size > 1 else float("nan")]
+
+
+def paired_vs_baseline(runs: List[dict], fraction: float, method: str) -> List[float]:
+    """mean Dice of `method` minus supervised nnU-Net's on the same split, one value per seed where both ran."""
+    return [r["methods"][method]["mean"]["Dice"] - r["methods"][BASELINE]["mean"]["Dice"] for r in runs
+            if r["fraction"] == fraction and method in r["methods"] and BASELINE in r["methods"]]
 
 
 def summarize(runs: List[dict], methods: List[str], class_names: List[str]) -> dict:
@@ -272,7 +281,8 @@ def summarize(runs: List[dict], methods: List[str], class_names: List[str]) -> d
             per_seed = [r["methods"][method] for r in runs if r["fraction"] == fraction and method in r["methods"]]
             if not per_seed:
                 continue
-            entry = {"seeds": len(per_seed)}
+            entry = {"seeds": len(per_seed),
+                     "paired_Dice_vs_supervised": mean_sd(paired_vs_baseline(runs, fraction, method))}
             for metric in ("Dice", "IoU", "HD95"):
                 entry[f"mean_{metric}"] = mean_sd([m["mean"][metric] for m in per_seed])
             entry["foreground_volume_ratio"] = mean_sd([m["foreground_volume_ratio"]["median"] for m in per_seed])
@@ -284,22 +294,28 @@ def summarize(runs: List[dict], methods: List[str], class_names: List[str]) -> d
     return summary
 
 
+def fmt_mean_sd(v: List[float], scale: float = 100.0, digits: int = 1, sign: bool = False) -> str:
+    """'mean ± sd' (just 'mean' for one seed, 'n/a' without values), scaled to % by default."""
+    if np.isnan(v[0]):
+        return "n/a"
+    text = f"{scale * v[0]:{'+' if sign else ''}.{digits}f}"
+    return text if np.isnan(v[1]) else f"{text} ± {scale * v[1]:.{digits}f}"
+
+
 def markdown_table(summary: dict, class_names: List[str], args) -> str:
-    pm = lambda v: "n/a" if np.isnan(v[0]) else f"{100 * v[0]:.1f} ± {100 * v[1]:.1f}"  # noqa: E731
+    pm = fmt_mean_sd
     lines = [f"Schedule `{args.schedule}`, configuration {args.configuration}, batch size {args.batch_size}, fold "
-             f"{args.fold}, final checkpoints; Dice in %, mean ± sd over seeds {args.seeds}.", ""]
+             f"{args.fold}, final checkpoints; Dice in %, mean ± sample sd over seeds {args.seeds} (no sd for one "
+             f"seed). 'vs supervised': the method's mean Dice minus supervised nnU-Net's on the same split, "
+             f"mean ± sd of these paired differences.", ""]
     for fraction, methods in summary.items():
-        base = methods.get(BASELINE, {}).get("mean_Dice", [np.nan])[0]
         lines += [f"### {float(fraction) * 100:g} % labeled", "",
-                  "| method | mean Dice | vs supervised | mean IoU | mean HD95 (mm) | foreground volume pred/true "
-                  "(median) | seeds |", "|---|---|---|---|---|---|---|"]
+                  "| method | mean Dice | vs supervised (paired) | mean IoU | mean HD95 (mm) | foreground volume "
+                  "pred/true (median) | seeds |", "|---|---|---|---|---|---|---|"]
         for method, e in methods.items():
-            delta = e["mean_Dice"][0] - base
-            hd = e["mean_HD95"]
-            lines.append(f"| {method} | {pm(e['mean_Dice'])} | {100 * delta:+.1f} | {pm(e['mean_IoU'])} | "
-                         f"{'n/a' if np.isnan(hd[0]) else f'{hd[0]:.1f} ± {hd[1]:.1f}'} | "
-                         f"{e['foreground_volume_ratio'][0]:.2f} ± {e['foreground_volume_ratio'][1]:.2f} | "
-                         f"{e['seeds']} |")
+            lines.append(f"| {method} | {pm(e['mean_Dice'])} | {pm(e['paired_Dice_vs_supervised'], sign=True)} | "
+                         f"{pm(e['mean_IoU'])} | {pm(e['mean_HD95'], scale=1.0)} | "
+                         f"{pm(e['foreground_volume_ratio'], scale=1.0, digits=2)} | {e['seeds']} |")
         quality = {m: e["pseudo_label_mean_Dice"] for m, e in methods.items() if "pseudo_label_mean_Dice" in e}
         if quality:
             lines += ["", "Pseudo labels on unlabeled training cases (mean Dice vs their true labels of the final "
@@ -367,6 +383,19 @@ def plot_test_cases(out: str, source: str, run: dict, methods: List[str], num_la
         save_prediction_panels(rows, methods, num_labels, out_png)
 
 
+def record_seeds(path: str, args) -> None:
+    """Every split seed and fraction this folder has run, kept across reports (each report's own seeds are in
+    its results.json)."""
+    seen = {"seeds": [], "fractions": []}
+    if os.path.isfile(path):
+        with open(path) as f:
+            seen = json.load(f)
+    with open(path, "w") as f:
+        json.dump({"seeds": sorted(set(seen["seeds"]) | set(args.seeds)),
+                   "fractions": sorted(set(seen["fractions"]) | set(args.fractions)),
+                   "phantom_seed": args.phantom_seed}, f)
+
+
 def run_benchmark(args) -> dict:
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -376,8 +405,7 @@ def run_benchmark(args) -> dict:
     env = _bench_env(out, {"nnUNet_n_proc_DA": "0"} if args.device == "cpu" else None)
     os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
     log = os.path.join(out, "benchmark.log")
-    with open(os.path.join(out, "seeds.json"), "w") as f:
-        json.dump({"seeds": args.seeds, "fractions": args.fractions, "phantom_seed": args.phantom_seed}, f)
+    record_seeds(os.path.join(out, "seeds.json"), args)
     source = prepare_source(out, args, env, log)
     with open(os.path.join(source, "dataset.json")) as f:
         class_names = [k for k, v in json.load(f)["labels"].items() if v != 0 and k != "ignore"]

@@ -68,3 +68,37 @@ def test_foreground_volume_ratio_counts_any_foreground_label(tmp_path):
             sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / folder / f"{case}.nii.gz"))
     result = foreground_volume_ratio(str(tmp_path / "pred"), str(tmp_path / "ref"), ["a", "b"])
     assert result["cases"] == {"a": 0.25, "b": 4.0} and result["median"] == 2.125
+
+
+def _fake_metrics(dice):
+    return {"mean": {"Dice": dice, "IoU": dice / 2, "HD95": 10.0}, "foreground_volume_ratio": {"median": 1.0},
+            "per_class": {"L4": {"Dice": dice}}}
+
+
+def test_summary_pairs_each_method_with_supervised_on_its_own_split():
+    from nnunet_cps4.benchmark import fmt_mean_sd, summarize
+
+    # the split moves both methods together: the paired difference is steady although both means spread
+    runs = [{"fraction": 0.05, "seed": s, "methods": {"supervised": _fake_metrics(base),
+                                                      "meanteacher": _fake_metrics(base + 0.04)}}
+            for s, base in enumerate((0.2, 0.4, 0.6))]
+    runs.append({"fraction": 0.05, "seed": 3, "methods": {"meanteacher": _fake_metrics(0.9)}})  # no baseline
+    summary = summarize(runs, ["supervised", "meanteacher"], ["L4"])["0.05"]
+    assert summary["meanteacher"]["seeds"] == 4
+    diff_mean, diff_sd = summary["meanteacher"]["paired_Dice_vs_supervised"]
+    assert abs(diff_mean - 0.04) < 1e-9 and diff_sd < 1e-9          # the seed without a baseline is not paired
+    assert abs(summary["supervised"]["mean_Dice"][1] - 0.2) < 1e-9    # sample sd (ddof 1) of 0.2, 0.4, 0.6
+    one_seed = summarize(runs[:1], ["supervised"], ["L4"])["0.05"]["supervised"]
+    assert fmt_mean_sd(one_seed["mean_Dice"]) == "20.0"               # one seed: no '± 0.0' pretending a spread
+
+
+def test_seed_record_keeps_every_seed_the_folder_has_run(tmp_path):
+    from argparse import Namespace
+
+    from nnunet_cps4.benchmark import record_seeds
+
+    path = str(tmp_path / "seeds.json")
+    record_seeds(path, Namespace(seeds=[0, 1], fractions=[0.05], phantom_seed=0))
+    record_seeds(path, Namespace(seeds=[2], fractions=[0.1], phantom_seed=0))
+    with open(path) as f:
+        assert json.load(f) == {"seeds": [0, 1, 2], "fractions": [0.05, 0.1], "phantom_seed": 0}
