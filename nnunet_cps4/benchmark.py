@@ -212,6 +212,10 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
                     pred, os.path.join(source, "labelsTs"), sorted(metrics["cases"]), dataset_json["file_ending"])
                 with open(metrics_file, "w") as f:
                     json.dump(metrics, f, indent=1)
+            if "pseudo_labels" in metrics and "foreground_volume_ratio" not in metrics["pseudo_labels"]:
+                metrics["pseudo_labels"] = _pseudo_labels(raw, source, dataset_json, model, args)  # older runs
+                with open(metrics_file, "w") as f:
+                    json.dump(metrics, f, indent=1)
             run["methods"][method] = metrics
             continue
         train_seconds = None
@@ -234,20 +238,24 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
         metrics = evaluate_folder(pred, os.path.join(source, "labelsTs"), labels, dataset_json["file_ending"])
         metrics.update({"trainer": trainer, "train_seconds": train_seconds})
         if not is_vlm:
-            # training signal, not a test number: pseudo labels on unlabeled training cases vs the source labels
-            from nnunet_cps4.pseudo_label_quality import pseudo_label_quality, unlabeled_cases_with_references
-
-            cases, refs = unlabeled_cases_with_references(raw, os.path.join(source, "labelsTr"),
-                                                          dataset_json["file_ending"],
-                                                          len(dataset_json["channel_names"]), limit=10)
-            if cases:
-                metrics["pseudo_labels"] = pseudo_label_quality(model, args.fold, cases, refs,
-                                                                torch_device(args.device))
+            quality = _pseudo_labels(raw, source, dataset_json, model, args)
+            if quality:
+                metrics["pseudo_labels"] = quality
         with open(metrics_file, "w") as f:
             json.dump(metrics, f, indent=1)
         run["methods"][method] = metrics
         print(f"[{run_key}] {method}: mean Dice {metrics['mean']['Dice']:.4f}", flush=True)
     return run
+
+
+def _pseudo_labels(raw: str, source: str, dataset_json: dict, model: str, args) -> Optional[dict]:
+    """Training signal, not a test number: the model's pseudo labels on the first 10 unlabeled training cases
+    of the split, scored against the source's labels of those cases (None for a split without unlabeled cases)."""
+    from nnunet_cps4.pseudo_label_quality import pseudo_label_quality, unlabeled_cases_with_references
+
+    cases, refs = unlabeled_cases_with_references(raw, os.path.join(source, "labelsTr"), dataset_json["file_ending"],
+                                                  len(dataset_json["channel_names"]), limit=10)
+    return pseudo_label_quality(model, args.fold, cases, refs, torch_device(args.device)) if cases else None
 
 
 def torch_device(name: str):
@@ -290,6 +298,10 @@ def summarize(runs: List[dict], methods: List[str], class_names: List[str]) -> d
             quality = [m["pseudo_labels"]["mean_Dice"] for m in per_seed if "pseudo_labels" in m]
             if quality:
                 entry["pseudo_label_mean_Dice"] = {k: mean_sd([q[k] for q in quality]) for k in quality[0]}
+            volume = [m["pseudo_labels"]["foreground_volume_ratio"] for m in per_seed
+                      if "foreground_volume_ratio" in m.get("pseudo_labels", {})]  # older cached runs lack it
+            if volume:
+                entry["pseudo_label_volume_ratio"] = {k: mean_sd([v[k] for v in volume]) for k in volume[0]}
             summary[str(fraction)][method] = entry
     return summary
 
@@ -320,10 +332,16 @@ def markdown_table(summary: dict, class_names: List[str], args) -> str:
         if quality:
             lines += ["", "Pseudo labels on unlabeled training cases (mean Dice vs their true labels of the final "
                       "teacher and VLM, no test-time augmentation; for supervised nnU-Net its network, i.e. the "
-                      "labels self-training would start from; a training signal, not a test score):", "",
-                      "| method | teacher | VLM (y_text) | refined |", "|---|---|---|---|"]
-            lines += [f"| {m} | " + " | ".join(pm(q[k]) if k in q else "-" for k in ("teacher", "text", "refined"))
-                      + " |" for m, q in quality.items()]
+                      "labels self-training would start from; a training signal, not a test score), and the "
+                      "median predicted / true foreground volume of each source (shrinking or growing the spine "
+                      "shows here without a test prediction):", "",
+                      "| method | teacher | VLM (y_text) | refined | foreground volume teacher / VLM / refined |",
+                      "|---|---|---|---|---|"]
+            for m, q in quality.items():
+                volume = methods[m].get("pseudo_label_volume_ratio", {})
+                lines.append(f"| {m} | " + " | ".join(pm(q[k]) if k in q else "-" for k in ("teacher", "text",
+                                                                                             "refined"))
+                             + " | " + " / ".join(pm(volume[k], scale=1.0, digits=2) for k in volume) + " |")
         lines += ["", "| class | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
         for c in class_names:
             lines.append(f"| {c} | " + " | ".join(pm(methods[m]["per_class_Dice"][c]) for m in methods) + " |")

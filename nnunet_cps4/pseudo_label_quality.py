@@ -72,6 +72,7 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
     class_ids = list(label_manager.foreground_labels)
     scores = {kind: {c: [] for c in class_ids} for kind in (("teacher", "text", "refined") if has_vlm
                                                             else ("teacher",))}
+    volume = {kind: [] for kind in scores}  # predicted / true foreground pixels: does a source shrink or grow?
     changed, agreement = [], []
     for case, files in sorted(cases.items()):
         data, ref, _ = preprocessor.run_case(files, references[case], plans_manager, configuration_manager,
@@ -91,6 +92,8 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
             changed.append(float((labels["refined"] != labels["teacher"]).mean()))
             agreement.append(float((labels["text"] == labels["teacher"]).mean()))
         for kind, lab in labels.items():
+            if (ref > 0).any():
+                volume[kind].append(float((lab > 0).sum() / (ref > 0).sum()))
             for c in class_ids:
                 if (ref == c).any():
                     scores[kind][c].append(_dice(lab, ref, c))
@@ -99,8 +102,11 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
                  for kind, s in scores.items()}
     result = {"cases": sorted(cases), "per_class_Dice": per_class,
               "mean_Dice": {kind: float(np.nanmean(list(v.values()))) for kind, v in per_class.items()},
+              "foreground_volume_ratio": {kind: float(np.median(v)) if v else float("nan")
+                                          for kind, v in volume.items()},
               "notes": "Dice per class over unlabeled training cases where the class is present; whole-image "
-                       "predictions of the final checkpoint's teacher (and VLM), refined as in training"}
+                       "predictions of the final checkpoint's teacher (and VLM), refined as in training; "
+                       "foreground_volume_ratio: median over cases of predicted / true foreground pixels"}
     if has_vlm:
         result.update({"refined_changed_fraction": float(np.mean(changed)),
                        "teacher_text_agreement": float(np.mean(agreement))})

@@ -42,10 +42,18 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     assert (out / "results.png").stat().st_size > 10000
     assert (out / "results_cases.png").stat().st_size > 10000
 
-    # a rerun under the same protocol reuses what is done; another protocol is refused
+    assert summary["cps4"]["pseudo_label_volume_ratio"]["teacher"][0] > 0
+
+    # a rerun under the same protocol reuses what is done (and completes metrics written by older versions);
+    # another protocol is refused
+    cached = out / "predictions" / "cps4" / "fraction_0.5_seed_0" / "metrics.json"
+    old = json.loads(cached.read_text())
+    del old["pseudo_labels"]["foreground_volume_ratio"]
+    cached.write_text(json.dumps(old))
     again = subprocess.run([os.path.join(BIN, "nnUNetv2_cps4_benchmark"), "--preset", "tiny", "--out", str(out),
                             "--no-cost", "--report", "again"], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "training nnUNetTrainer" not in again.stdout
+    assert "foreground_volume_ratio" in json.loads(cached.read_text())["pseudo_labels"]
     refused = subprocess.run([os.path.join(BIN, "nnUNetv2_cps4_benchmark"), "--preset", "tiny", "--out", str(out),
                               "--schedule", "5epochs"], env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "another protocol" in refused.stderr and "schedule" in refused.stderr

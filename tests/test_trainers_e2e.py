@@ -107,6 +107,7 @@ def test_mean_teacher_trains_predicts_and_keeps_the_checkpoint_contract(env, tmp
                                    {"t9": os.path.join(raw, "labelsTs", "t9.nii.gz")})
     assert set(quality["mean_Dice"]) == {"teacher"} and 0.0 <= quality["mean_Dice"]["teacher"] <= 1.0
     assert "teacher_text_agreement" not in quality
+    assert quality["foreground_volume_ratio"]["teacher"] > 0  # it segments t9 (Dice > 0.2 above)
 
     # --val reruns the final validation from checkpoint_final
     os.remove(os.path.join(fold, "validation", "summary.json"))
