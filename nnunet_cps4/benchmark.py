@@ -206,14 +206,7 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
         if os.path.isfile(metrics_file):
             with open(metrics_file) as f:
                 metrics = json.load(f)
-            if "foreground_volume_ratio" not in metrics:  # written before the ratio existed: add it
-                from nnunet_cps4.evaluation import foreground_volume_ratio
-                metrics["foreground_volume_ratio"] = foreground_volume_ratio(
-                    pred, os.path.join(source, "labelsTs"), sorted(metrics["cases"]), dataset_json["file_ending"])
-                with open(metrics_file, "w") as f:
-                    json.dump(metrics, f, indent=1)
-            if "pseudo_labels" in metrics and "foreground_volume_ratio" not in metrics["pseudo_labels"]:
-                metrics["pseudo_labels"] = _pseudo_labels(raw, source, dataset_json, model, args)  # older runs
+            if _complete_older_metrics(metrics, pred, raw, source, dataset_json, model, args):
                 with open(metrics_file, "w") as f:
                     json.dump(metrics, f, indent=1)
             run["methods"][method] = metrics
@@ -246,6 +239,23 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
         run["methods"][method] = metrics
         print(f"[{run_key}] {method}: mean Dice {metrics['mean']['Dice']:.4f}", flush=True)
     return run
+
+
+def _complete_older_metrics(metrics: dict, pred: str, raw: str, source: str, dataset_json: dict, model: str,
+                            args) -> bool:
+    """Add what metrics written by older versions lack (the test foreground volume ratio; the pseudo labels'
+    volume ratio); True if anything was added."""
+    added = False
+    if "foreground_volume_ratio" not in metrics:
+        from nnunet_cps4.evaluation import foreground_volume_ratio
+
+        metrics["foreground_volume_ratio"] = foreground_volume_ratio(
+            pred, os.path.join(source, "labelsTs"), sorted(metrics["cases"]), dataset_json["file_ending"])
+        added = True
+    if "pseudo_labels" in metrics and "foreground_volume_ratio" not in metrics["pseudo_labels"]:
+        metrics["pseudo_labels"] = _pseudo_labels(raw, source, dataset_json, model, args)
+        added = True
+    return added
 
 
 def _pseudo_labels(raw: str, source: str, dataset_json: dict, model: str, args) -> Optional[dict]:

@@ -48,13 +48,14 @@ def evaluate_case(pred, ref, spacing, labels: Dict[str, int]) -> Dict[str, dict]
     return result
 
 
-def _volume_ratio(pred, ref) -> float:
+def volume_ratio(pred, ref) -> float:
     """Predicted / reference foreground voxels (any label > 0); NaN for an empty reference."""
     n_ref = (ref > 0).sum()
     return float((pred > 0).sum() / n_ref) if n_ref else float("nan")
 
 
-def _ratio_summary(ratios: Dict[str, float]) -> dict:
+def ratio_summary(ratios: Dict[str, float]) -> dict:
+    """{"cases": ratios, "median": over the cases with a defined ratio (NaN if none)}."""
     values = np.array(list(ratios.values()), dtype=float)
     return {"cases": ratios, "median": float(np.nanmedian(values)) if np.isfinite(values).any() else float("nan")}
 
@@ -73,8 +74,8 @@ def evaluate_folder(pred_folder: str, ref_folder: str, labels: Dict[str, int], f
     for c in cases:
         pred, ref, spacing = _read_case(pred_folder, ref_folder, c, file_ending, rw)
         per_case[c] = evaluate_case(pred, ref, spacing, labels)
-        ratios[c] = _volume_ratio(pred, ref)
-    return {"cases": per_case, **aggregate(per_case, list(labels)), "foreground_volume_ratio": _ratio_summary(ratios)}
+        ratios[c] = volume_ratio(pred, ref)
+    return {"cases": per_case, **aggregate(per_case, list(labels)), "foreground_volume_ratio": ratio_summary(ratios)}
 
 
 def foreground_volume_ratio(pred_folder: str, ref_folder: str, cases: List[str], file_ending: str = ".nii.gz"
@@ -84,7 +85,7 @@ def foreground_volume_ratio(pred_folder: str, ref_folder: str, cases: List[str],
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
     rw = SimpleITKIO()
-    return _ratio_summary({c: _volume_ratio(*_read_case(pred_folder, ref_folder, c, file_ending, rw)[:2])
+    return ratio_summary({c: volume_ratio(*_read_case(pred_folder, ref_folder, c, file_ending, rw)[:2])
                            for c in cases})
 
 

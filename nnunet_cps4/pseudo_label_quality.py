@@ -37,6 +37,7 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    from nnunet_cps4.evaluation import ratio_summary, volume_ratio
     from nnunet_cps4.fusion import fuse_maps, refine_with_text
     from nnunet_cps4.pretrain_vlm import find_trainer_class
     from nnunet_cps4.trainers.vlm_pretraining import vlm_from_metadata
@@ -72,7 +73,7 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
     class_ids = list(label_manager.foreground_labels)
     scores = {kind: {c: [] for c in class_ids} for kind in (("teacher", "text", "refined") if has_vlm
                                                             else ("teacher",))}
-    volume = {kind: [] for kind in scores}  # predicted / true foreground pixels: does a source shrink or grow?
+    volume = {kind: {} for kind in scores}  # predicted / true foreground pixels: does a source shrink or grow?
     changed, agreement = [], []
     for case, files in sorted(cases.items()):
         data, ref, _ = preprocessor.run_case(files, references[case], plans_manager, configuration_manager,
@@ -92,8 +93,7 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
             changed.append(float((labels["refined"] != labels["teacher"]).mean()))
             agreement.append(float((labels["text"] == labels["teacher"]).mean()))
         for kind, lab in labels.items():
-            if (ref > 0).any():
-                volume[kind].append(float((lab > 0).sum() / (ref > 0).sum()))
+            volume[kind][case] = volume_ratio(lab, ref)
             for c in class_ids:
                 if (ref == c).any():
                     scores[kind][c].append(_dice(lab, ref, c))
@@ -102,8 +102,7 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
                  for kind, s in scores.items()}
     result = {"cases": sorted(cases), "per_class_Dice": per_class,
               "mean_Dice": {kind: float(np.nanmean(list(v.values()))) for kind, v in per_class.items()},
-              "foreground_volume_ratio": {kind: float(np.median(v)) if v else float("nan")
-                                          for kind, v in volume.items()},
+              "foreground_volume_ratio": {kind: ratio_summary(v)["median"] for kind, v in volume.items()},
               "notes": "Dice per class over unlabeled training cases where the class is present; whole-image "
                        "predictions of the final checkpoint's teacher (and VLM), refined as in training; "
                        "foreground_volume_ratio: median over cases of predicted / true foreground pixels"}
