@@ -1,5 +1,5 @@
 """nnunet-cps4: CPS4 semi-supervised spine segmentation as an nnU-Net v2 plugin."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="nnunet-cps4",
@@ -10,10 +10,10 @@ setup(
     python_requires=">=3.10",
     # text_prompts/ lives at the top of the repository but ships inside the package, so the prompt files are
     # found after a normal (non-editable) install as nnunet_cps4/text_prompts.
-    packages=["nnunet_cps4", "nnunet_cps4.trainers", "nnunet_cps4.text_prompts"],
+    packages=find_packages(include=["nnunet_cps4", "nnunet_cps4.*"]) + ["nnunet_cps4.text_prompts"],
     package_dir={"nnunet_cps4.text_prompts": "text_prompts"},
     package_data={
-        "nnunet_cps4": ["nnunet_ext_trainers/*.py"],
+        "nnunet_cps4.nnunet": ["ext_trainers/*.py"], "nnunet_cps4.experiments": ["ext_trainers/*.py"],
         "nnunet_cps4.text_prompts": ["*.json", "*.md"],
     },
     install_requires=[
@@ -36,15 +36,15 @@ setup(
     extras_require={"test": ["pytest", "tptbox"]},
     entry_points={
         "console_scripts": [
-            "nnUNetv2_cps4_ext_trainer_path=nnunet_cps4.discovery:main",
-            "nnUNetv2_cps4_preprocess_unlabeled=nnunet_cps4.unlabeled:main",
-            "nnUNetv2_cps4_make_phantom=nnunet_cps4.phantom:main",
-            "nnUNetv2_cps4_convert_mrspineseg=nnunet_cps4.convert:main_mrspineseg",
-            "nnUNetv2_cps4_split_labeled=nnunet_cps4.convert:main_split",
-            "nnUNetv2_cps4_pretrain_vlm=nnunet_cps4.pretrain_vlm:main",
-            "nnUNetv2_cps4_predict_vlm=nnunet_cps4.vlm_inference:main",
-            "nnUNetv2_cps4_cost=nnunet_cps4.cost:main",
-            "nnUNetv2_cps4_benchmark=nnunet_cps4.benchmark:main",
+            "nnUNetv2_cps4_ext_trainer_path=nnunet_cps4.nnunet.discovery:main",
+            "nnUNetv2_cps4_preprocess_unlabeled=nnunet_cps4.nnunet.unlabeled:main",
+            "nnUNetv2_cps4_make_phantom=nnunet_cps4.data.phantom:main",
+            "nnUNetv2_cps4_convert_mrspineseg=nnunet_cps4.data.convert:main_mrspineseg",
+            "nnUNetv2_cps4_split_labeled=nnunet_cps4.data.convert:main_split",
+            "nnUNetv2_cps4_pretrain_vlm=nnunet_cps4.commands.pretrain_vlm:main",
+            "nnUNetv2_cps4_predict_vlm=nnunet_cps4.nnunet.vlm_prediction:main",
+            "nnUNetv2_cps4_cost=nnunet_cps4.experiments.cost:main",
+            "nnUNetv2_cps4_benchmark=nnunet_cps4.experiments.benchmark:main",
         ]
     },
 )

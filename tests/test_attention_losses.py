@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_cps4.attention_losses import (
+from nnunet_cps4.method.attention_losses import (
     AttentionLoss,
     class_masks_from_labels,
     pixel_attention_loss,

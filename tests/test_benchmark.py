@@ -63,7 +63,7 @@ def test_foreground_volume_ratio_counts_any_foreground_label(tmp_path):
     import numpy as np
     import SimpleITK as sitk
 
-    from nnunet_cps4.evaluation import foreground_volume_ratio
+    from nnunet_cps4.experiments.evaluation import foreground_volume_ratio
 
     ref = np.zeros((1, 4, 4), np.uint8)
     ref[0, :2, :2] = 1                              # 4 foreground voxels
@@ -84,7 +84,7 @@ def _fake_metrics(dice):
 
 
 def test_summary_pairs_each_method_with_supervised_on_its_own_split():
-    from nnunet_cps4.benchmark import fmt_mean_sd, summarize
+    from nnunet_cps4.experiments.benchmark import fmt_mean_sd, summarize
 
     # the split moves both methods together: the paired difference is steady although both means spread
     runs = [{"fraction": 0.05, "seed": s, "methods": {"supervised": _fake_metrics(base),
@@ -103,7 +103,7 @@ def test_summary_pairs_each_method_with_supervised_on_its_own_split():
 def test_seed_record_keeps_every_seed_the_folder_has_run(tmp_path):
     from argparse import Namespace
 
-    from nnunet_cps4.benchmark import record_seeds
+    from nnunet_cps4.experiments.benchmark import record_seeds
 
     path = str(tmp_path / "seeds.json")
     record_seeds(path, Namespace(seeds=[0, 1], fractions=[0.05], phantom_seed=0))

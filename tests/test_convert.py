@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_cps4.convert import (_resolve_n_test, check_image_mask_pair, convert_mrspineseg, find_mrspineseg_cases,
+from nnunet_cps4.data.convert import (_resolve_n_test, check_image_mask_pair, convert_mrspineseg, find_mrspineseg_cases,
                                  split_labeled_dataset)
-from nnunet_cps4.spine_labels import label_ids_in_files, remap_label_file, verse_label_names, verse_labels
-from nnunet_cps4.dataset_layout import MRSPINESEG_LABELS, SPLIT_FILE, UNLABELED_FOLDER, case_identifiers
+from nnunet_cps4.data.spine_labels import label_ids_in_files, remap_label_file, verse_label_names, verse_labels
+from nnunet_cps4.data.layout import MRSPINESEG_LABELS, SPLIT_FILE, UNLABELED_FOLDER, case_identifiers
 from nnunet_cps4.errors import CPS4Error
 
 BIN = os.path.dirname(sys.executable)

@@ -4,7 +4,7 @@ import subprocess
 import sys
 import textwrap
 
-from nnunet_cps4.discovery import EXT_TRAINER_FOLDER, ext_trainer_value
+from nnunet_cps4.nnunet.discovery import EXT_TRAINER_FOLDER, ext_trainer_value
 
 BIN = os.path.dirname(sys.executable)
 
@@ -45,7 +45,7 @@ def test_nnunet_lookup_finds_ours_and_the_users_trainers(tmp_path):
     assert out.returncode == 0, out.stderr
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith(("nnUNet", "heavy")))
     assert lines["nnUNetTrainerMyLab"] == "my_lab_trainers"
-    assert lines["nnUNetTrainerCPS4"] == "nnunet_cps4.trainers.cps4"
-    assert lines["nnUNetTrainerCPS4_noTokenLoss_50epochs"] == "nnunet_cps4.trainers.variants"
+    assert lines["nnUNetTrainerCPS4"] == "nnunet_cps4.nnunet.trainers.cps4"
+    assert lines["nnUNetTrainerCPS4_noTokenLoss_50epochs"] == "nnunet_cps4.nnunet.trainers.variants"
     # predict imports the trainer module: the text/VLM stack must not come with it
     assert lines["heavy:"] == "[]"

@@ -4,7 +4,7 @@ import pytest
 import torch
 from skimage.filters import threshold_otsu
 
-from nnunet_cps4.fusion import (
+from nnunet_cps4.method.fusion import (
     binarize_maps,
     fuse_binary_maps,
     fuse_maps,

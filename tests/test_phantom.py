@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_cps4 import phantom
-from nnunet_cps4.dataset_layout import MRSPINESEG_LABELS, SPLIT_FILE, UNLABELED_FOLDER
+from nnunet_cps4.data import phantom
+from nnunet_cps4.data.layout import MRSPINESEG_LABELS, SPLIT_FILE, UNLABELED_FOLDER
 from nnunet_cps4.errors import CPS4Error
 
 SMALL = (5, 128, 48)
@@ -135,8 +135,8 @@ def test_dataset_layout_json_and_split(nnunet_env, tmp_path):
     assert os.path.getsize(png) > 10000
 
     # the phantom's class prompts are the shipped MRSpineSeg ones, also after a re-split of the dataset
-    from nnunet_cps4.convert import split_labeled_dataset
-    from nnunet_cps4.prompts import load_class_prompts
+    from nnunet_cps4.data.convert import split_labeled_dataset
+    from nnunet_cps4.method.prompts import load_class_prompts
     assert load_class_prompts(ds, folder).source.endswith("mrspineseg.json")
     resplit = split_labeled_dataset(folder, 22, 0.5, seed=0)
     with open(os.path.join(resplit, "dataset.json")) as f:

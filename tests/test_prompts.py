@@ -4,9 +4,9 @@ from importlib import resources
 
 import pytest
 
-from nnunet_cps4.dataset_layout import MRSPINESEG_LABELS
+from nnunet_cps4.data.layout import MRSPINESEG_LABELS
 from nnunet_cps4.errors import CPS4Error
-from nnunet_cps4.prompts import (DEFAULT_PROMPT_TEMPLATES, PROMPT_FORMAT, PROMPTS_ENV, ClassPrompts,
+from nnunet_cps4.method.prompts import (DEFAULT_PROMPT_TEMPLATES, PROMPT_FORMAT, PROMPTS_ENV, ClassPrompts,
                                  load_class_prompts, load_prompt_file, shipped_prompt_files, template_prompts)
 
 FG = sorted(((n, i) for n, i in MRSPINESEG_LABELS.items() if i != 0), key=lambda x: x[1])

@@ -5,8 +5,8 @@ import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from nnunet_cps4.trainers.cps4 import nnUNetTrainerCPS4, nnUNetTrainerCPS4_warmupDiceVeto
-from nnunet_cps4.trainers.mean_teacher import (labels_like_outputs, nnUNetTrainerMeanTeacher,
+from nnunet_cps4.nnunet.trainers.cps4 import nnUNetTrainerCPS4, nnUNetTrainerCPS4_warmupDiceVeto
+from nnunet_cps4.nnunet.trainers.mean_teacher import (labels_like_outputs, nnUNetTrainerMeanTeacher,
                                                nnUNetTrainerMeanTeacher_hardDiceCE, nnUNetTrainerMeanTeacher_warmup)
 
 

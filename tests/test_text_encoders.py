@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from nnunet_cps4.errors import CPS4Error
-from nnunet_cps4.prompts import ClassPrompts, load_class_prompts
-from nnunet_cps4.text_encoders import (DEFAULT_TEXT_ENCODER, TEXT_ENCODER_ENV, build_text_encoder,
+from nnunet_cps4.method.prompts import ClassPrompts, load_class_prompts
+from nnunet_cps4.method.text_encoders import (DEFAULT_TEXT_ENCODER, TEXT_ENCODER_ENV, build_text_encoder,
                                        class_text_embeddings)
 
 MRSPINE = {"labels": {"background": 0, "S": 1, "L5": 2, "L4": 3, "L3": 4, "L2": 5, "L1": 6, "T12": 7, "T11": 8,
@@ -188,7 +188,7 @@ def test_bad_specs(tmp_path, tiny_clip):
 
 
 def test_modules_are_import_light():
-    code = ("import sys, nnunet_cps4.prompts, nnunet_cps4.text_encoders; "
+    code = ("import sys, nnunet_cps4.method.prompts, nnunet_cps4.method.text_encoders; "
             "print(sorted(m for m in ('transformers', 'open_clip', 'nnunetv2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})

@@ -17,7 +17,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_cps4.discovery import EXT_TRAINER_FOLDER
+from nnunet_cps4.nnunet.discovery import EXT_TRAINER_FOLDER
 from toy_data import make_toy_dataset
 
 BIN = os.path.dirname(sys.executable)
@@ -78,7 +78,7 @@ def test_mean_teacher_trains_predicts_and_keeps_the_checkpoint_contract(env, tmp
     ckpt = load(os.path.join(fold, "checkpoint_final.pth"))
     # network_weights is the student alone: exactly the keys of the stock network nnU-Net builds at predict time
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunet_cps4.trainers.mean_teacher import nnUNetTrainerMeanTeacher
+    from nnunet_cps4.nnunet.trainers.mean_teacher import nnUNetTrainerMeanTeacher
     pm = PlansManager(os.path.join(model_folder(env, "nnUNetTrainerMeanTeacher_smoke"), "plans.json"))
     net = nnUNetTrainerMeanTeacher.build_network_architecture(pm, pm.get_configuration("2d"), 1, 3, False)
     assert set(ckpt["network_weights"]) == set(net.state_dict())
@@ -100,7 +100,7 @@ def test_mean_teacher_trains_predicts_and_keeps_the_checkpoint_contract(env, tmp
     assert dice_on_test_set(env, str(tmp_path / "pred")) > 0.2
 
     # the benchmark's pseudo-label analysis scores a mean-teacher checkpoint on its teacher alone
-    from nnunet_cps4.pseudo_label_quality import pseudo_label_quality
+    from nnunet_cps4.experiments.pseudo_label_quality import pseudo_label_quality
     raw = os.path.join(env["nnUNet_raw"], DATASET)
     quality = pseudo_label_quality(model_folder(env, "nnUNetTrainerMeanTeacher_smoke"), "0",
                                    {"t9": [os.path.join(raw, "imagesTs", "t9_0000.nii.gz")]},

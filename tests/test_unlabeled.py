@@ -11,7 +11,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_pickle
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_cps4.errors import CPS4Error
-from nnunet_cps4.unlabeled import (MANIFEST_FILE, build_unlabeled_dataloader, collect_unlabeled_cases,
+from nnunet_cps4.nnunet.unlabeled import (MANIFEST_FILE, build_unlabeled_dataloader, collect_unlabeled_cases,
                                    preprocess_unlabeled)
 from toy_data import make_toy_dataset, write_image
 

@@ -7,8 +7,8 @@ import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_cps4.errors import CPS4Error
-from nnunet_cps4.trainers.vlm_pretraining import check_vlm_metadata
-from nnunet_cps4.vlm import VLMConfig, build_vlm, random_text_features
+from nnunet_cps4.nnunet.trainers.vlm_pretraining import check_vlm_metadata
+from nnunet_cps4.method.vlm import VLMConfig, build_vlm, random_text_features
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +72,8 @@ def test_metadata_mismatch_lists_every_difference():
 
 def test_every_trainer_variant_instantiates(plans, monkeypatch):
     """All 90-odd generated names build; schedules are applied; every CPS4 variant names an existing VLM."""
-    from nnunet_cps4.trainers import registry
-    from nnunet_cps4.trainers.schedules import SCHEDULES
+    from nnunet_cps4.nnunet.trainers import registry
+    from nnunet_cps4.nnunet.trainers.schedules import SCHEDULES
 
     pm, dataset_json, env = plans
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):

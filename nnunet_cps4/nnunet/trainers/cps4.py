@@ -4,7 +4,7 @@ For every unlabeled batch (the same augmented batch the student sees, so the map
 augmentation by construction):
   1. the frozen stage-(i) VLM gives per-class probability maps p_c = sigmoid(s_c);
   2. each map is binarised (Otsu per image and class by default) and the binary maps are fused into one label map
-     y_text (overlaps: highest normalised score; nothing fires: background) — `nnunet_cps4.fusion.fuse_maps`;
+     y_text (overlaps: highest normalised score; nothing fires: background) — `nnunet_cps4.method.fusion.fuse_maps`;
   3. the combined pseudo label is argmax(softmax(teacher) + w * q_text), with q_text the VLM's vote as class
      probabilities (`fusion.text_probabilities`): where the VLM is confident it decides, where it is unsure a
      confident teacher wins (reconstruction of the predecessor code's argmax(softmax(teacher) + text probs));
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import distributed as dist
 
-from nnunet_cps4.trainers.mean_teacher import LabeledWarmupMixin, nnUNetTrainerMeanTeacher
+from nnunet_cps4.nnunet.trainers.mean_teacher import LabeledWarmupMixin, nnUNetTrainerMeanTeacher
 
 
 class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
@@ -65,9 +65,9 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
     # --- the VLM -------------------------------------------------------------------------------------------
     def expected_vlm_metadata(self) -> dict:
         """What a usable stage-(i) checkpoint must say about itself (see vlm_pretraining.METADATA_MUST_MATCH)."""
-        from nnunet_cps4.prompts import load_class_prompts
-        from nnunet_cps4.text_encoders import resolve_text_encoder_spec
-        from nnunet_cps4.pretrain_vlm import find_trainer_class
+        from nnunet_cps4.method.prompts import load_class_prompts
+        from nnunet_cps4.method.text_encoders import resolve_text_encoder_spec
+        from nnunet_cps4.commands.pretrain_vlm import find_trainer_class
 
         vlm_class = find_trainer_class(self.vlm_trainer_name)
         raw_root = os.environ.get("nnUNet_raw")
@@ -84,8 +84,8 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
         """Build the frozen VLM: from a resumed CPS4 checkpoint, else from stage (i) (run first if missing)."""
         if self.vlm is not None or not self.use_text:
             return
-        from nnunet_cps4.pretrain_vlm import find_trainer_class, run_stage1
-        from nnunet_cps4.trainers.vlm_pretraining import load_vlm, vlm_from_metadata, vlm_output_folder
+        from nnunet_cps4.commands.pretrain_vlm import find_trainer_class, run_stage1
+        from nnunet_cps4.nnunet.trainers.vlm_pretraining import load_vlm, vlm_from_metadata, vlm_output_folder
 
         if self._restored_vlm_state is not None:
             self.vlm_metadata = self._restored_vlm_state["vlm_metadata"]
@@ -118,7 +118,7 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
     @torch.no_grad()
     def text_labels(self, data: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(per-class probabilities (B, C, *S), fused y_text (B, *S)) of the VLM for a batch."""
-        from nnunet_cps4.fusion import fuse_maps
+        from nnunet_cps4.method.fusion import fuse_maps
 
         probs = self.vlm.probabilities(data)
         return probs, fuse_maps(probs, self.binarize_method, self.fixed_threshold, self.min_peak)
@@ -129,7 +129,7 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
         targets, stats = super().make_pseudo_labels(unlabeled_data, teacher_logits)
         if not self.use_text:
             return targets, stats
-        from nnunet_cps4.fusion import refine_with_text
+        from nnunet_cps4.method.fusion import refine_with_text
 
         teacher_probs = torch.softmax(teacher_logits.float(), 1)
         teacher_labels = teacher_probs.argmax(1, keepdim=True)
@@ -216,7 +216,7 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
                 self._restored_vlm_state = state
 
 
-# --- ablations (schedule variants of these are generated in nnunet_cps4.trainers.variants) -----------------
+# --- ablations (schedule variants of these are generated in nnunet_cps4.nnunet.trainers.variants) -----------------
 class nnUNetTrainerCPS4_noText(nnUNetTrainerCPS4):
     """No VLM: pseudo labels from the teacher alone (= the mean teacher, kept here for side-by-side runs)."""
     use_text = False

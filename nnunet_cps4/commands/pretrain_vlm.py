@@ -11,13 +11,13 @@ from typing import Optional, Sequence
 
 import torch
 
-from nnunet_cps4.cli import run_cli
+from nnunet_cps4.commands.cli import run_cli
 from nnunet_cps4.errors import CPS4Error
 
 
 def find_trainer_class(name: str):
     """A trainer class by name: the plugin's own first, then nnU-Net's lookup (nnunetv2 + nnUNet_extTrainer)."""
-    from nnunet_cps4.trainers import registry
+    from nnunet_cps4.nnunet.trainers import registry
 
     if hasattr(registry, name):
         return getattr(registry, name)
@@ -63,7 +63,7 @@ def run_stage1(trainer_class, plans: dict, configuration: str, fold, dataset_jso
 def _main(argv: Optional[Sequence[str]] = None) -> None:
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
-    from nnunet_cps4.dataset_layout import require_env_folder, resolve_dataset_name
+    from nnunet_cps4.data.layout import require_env_folder, resolve_dataset_name
 
     parser = argparse.ArgumentParser(
         prog="nnUNetv2_cps4_pretrain_vlm",

@@ -11,9 +11,9 @@ Protocol (DESIGN.md section 6), for each labeled fraction f and seed s:
 3. Every method trains with the same schedule (`<trainer>_<schedule>`), fold 'all' (all labeled cases; nothing is
    selected on validation: the final checkpoint is used).
 4. Each model predicts imagesTs with the stock `nnUNetv2_predict` from checkpoint_final; the test labels are read
-   only by the evaluation that follows (Dice, IoU, HD95 per class, `nnunet_cps4.evaluation`).
+   only by the evaluation that follows (Dice, IoU, HD95 per class, `nnunet_cps4.experiments.evaluation`).
 5. results.json, results.md (mean ± sd over seeds, per class and mean, with the supervised baseline), results.png,
-   seeds.json, splits/, protocol.json and, once per benchmark, the per-iteration cost (`nnunet_cps4.cost`).
+   seeds.json, splits/, protocol.json and, once per benchmark, the per-iteration cost (`nnunet_cps4.experiments.cost`).
 A benchmark folder remembers its protocol (protocol.json) and refuses to be reused under another one; within one
 protocol a rerun skips what is done, so an interrupted benchmark continues where it stopped.
 All nnU-Net folders live inside the benchmark folder: the user's nnUNet_raw/preprocessed/results are not touched.
@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from nnunet_cps4.cli import run_cli
+from nnunet_cps4.commands.cli import run_cli
 from nnunet_cps4.errors import CPS4Error
 
 METHODS: Dict[str, str] = {
@@ -82,7 +82,7 @@ PHANTOM_ID = 700
 
 
 def _bench_env(out: str, extra: Optional[dict] = None) -> dict:
-    from nnunet_cps4.discovery import ext_trainer_value
+    from nnunet_cps4.nnunet.discovery import ext_trainer_value
 
     env = dict(os.environ)
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -129,7 +129,7 @@ def check_protocol(out: str, protocol: dict) -> None:
 def prepare_source(out: str, args, env: dict, log: str) -> str:
     """The fully labeled source dataset with its fixed test set: the user's, or a phantom made once."""
     if args.source:
-        from nnunet_cps4.convert import resolve_raw_dataset
+        from nnunet_cps4.data.convert import resolve_raw_dataset
 
         folder = resolve_raw_dataset(args.source) if not os.path.isdir(args.source) else args.source
         if not os.path.isdir(os.path.join(folder, "labelsTs")):
@@ -169,9 +169,9 @@ def split_dataset_id(raw_root: str, name: str) -> int:
 
 def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, log: str) -> dict:
     """Split, plan, train every method, predict and evaluate for one (fraction, seed)."""
-    from nnunet_cps4.convert import split_labeled_dataset
-    from nnunet_cps4.dataset_layout import SPLIT_FILE
-    from nnunet_cps4.evaluation import evaluate_folder
+    from nnunet_cps4.data.convert import split_labeled_dataset
+    from nnunet_cps4.data.layout import SPLIT_FILE
+    from nnunet_cps4.experiments.evaluation import evaluate_folder
 
     name = f"Bench_f{int(round(fraction * 1000)):04d}_s{seed}"
     dataset_id = split_dataset_id(env["nnUNet_raw"], name)
@@ -247,7 +247,7 @@ def _complete_older_metrics(metrics: dict, pred: str, raw: str, source: str, dat
     volume ratio); True if anything was added."""
     added = False
     if "foreground_volume_ratio" not in metrics:
-        from nnunet_cps4.evaluation import foreground_volume_ratio
+        from nnunet_cps4.experiments.evaluation import foreground_volume_ratio
 
         metrics["foreground_volume_ratio"] = foreground_volume_ratio(
             pred, os.path.join(source, "labelsTs"), sorted(metrics["cases"]), dataset_json["file_ending"])
@@ -261,7 +261,7 @@ def _complete_older_metrics(metrics: dict, pred: str, raw: str, source: str, dat
 def _pseudo_labels(raw: str, source: str, dataset_json: dict, model: str, args) -> Optional[dict]:
     """Training signal, not a test number: the model's pseudo labels on the first 10 unlabeled training cases
     of the split, scored against the source's labels of those cases (None for a split without unlabeled cases)."""
-    from nnunet_cps4.pseudo_label_quality import pseudo_label_quality, unlabeled_cases_with_references
+    from nnunet_cps4.experiments.pseudo_label_quality import pseudo_label_quality, unlabeled_cases_with_references
 
     cases, refs = unlabeled_cases_with_references(raw, os.path.join(source, "labelsTr"), dataset_json["file_ending"],
                                                   len(dataset_json["channel_names"]), limit=10)
@@ -445,7 +445,7 @@ def run_benchmark(args) -> dict:
                "summary": summary}
     text = markdown_table(summary, class_names, args)
     if args.cost:
-        from nnunet_cps4.cost import format_cost_table, measure_cost
+        from nnunet_cps4.experiments.cost import format_cost_table, measure_cost
 
         first = runs[0]
         trainers = [f"{METHODS[m]}_{args.schedule}" for m in ("supervised", "meanteacher", "cps4")
@@ -467,11 +467,11 @@ def run_benchmark(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nnunet_cps4.trainers.schedules import SCHEDULES
+    from nnunet_cps4.nnunet.trainers.schedules import SCHEDULES
 
     p = argparse.ArgumentParser(prog="nnUNetv2_cps4_benchmark",
                                 description="CPS4 vs supervised nnU-Net and the mean teacher under one protocol "
-                                            "(see the module docstring of nnunet_cps4.benchmark).")
+                                            "(see the module docstring of nnunet_cps4.experiments.benchmark).")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="default settings (default: cpu)")
     p.add_argument("--out", default="cps4_benchmark", help="benchmark folder (default ./cps4_benchmark)")
     p.add_argument("--source", help="fully labeled nnU-Net raw dataset with imagesTs/labelsTs (id, name or "

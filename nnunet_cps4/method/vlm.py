@@ -3,7 +3,7 @@
     s_{c,p} = exp(logit_scale) * < v_p / |v_p| , t_c / |t_c| > + logit_bias
 
 - t_c: class embedding = trainable projection of the frozen text embedding of class c's prompts (computed once
-  per run by `nnunet_cps4.text_encoders.class_text_embeddings` and stored here as a buffer, so a trained VLM
+  per run by `nnunet_cps4.method.text_encoders.class_text_embeddings` and stored here as a buffer, so a trained VLM
   needs no text encoder to run).
 - v_p: dense embedding of pixel/voxel p at the input's resolution from the vision branch:
   * "plans" (default): a U-Net built from the dataset's nnU-Net plans (same family as the segmentation network,

@@ -2,7 +2,7 @@
 
 Whole images go through nnU-Net's own sliding-window predictor (Gaussian-weighted tiles, same padding as
 inference) with the VLM wrapped to emit per-class probabilities; the probability maps of the whole case are then
-binarised (Otsu per class by default) and fused (`nnunet_cps4.fusion`), and exported with nnU-Net's exporter
+binarised (Otsu per class by default) and fused (`nnunet_cps4.method.fusion`), and exported with nnU-Net's exporter
 (resampling back to the original geometry) — so a fused map lines up with the image exactly as an nnU-Net
 prediction would.
 """
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnunet_cps4.cli import run_cli
+from nnunet_cps4.commands.cli import run_cli
 from nnunet_cps4.errors import CPS4Error
 
 
@@ -45,7 +45,7 @@ def vlm_predictor(vlm: nn.Module, plans_manager, configuration_manager, dataset_
 def fused_case_prediction(predictor, data: torch.Tensor, method: str = "otsu", threshold: float = 0.5,
                           min_peak: float = 0.5):
     """(per-class probabilities (C, *S) float32, fused labels (*S) int) for one preprocessed case (c, *S)."""
-    from nnunet_cps4.fusion import fuse_maps
+    from nnunet_cps4.method.fusion import fuse_maps
 
     probs = predictor.predict_sliding_window_return_logits(data).float().cpu()[1:]
     fused = fuse_maps(probs[None].clamp(0, 1), method, threshold, min_peak)[0]
@@ -57,9 +57,9 @@ def _main(argv: Optional[Sequence[str]] = None) -> None:
     from nnunetv2.inference.export_prediction import export_prediction_from_logits
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_cps4.dataset_layout import case_identifiers, require_env_folder, resolve_dataset_name
-    from nnunet_cps4.fusion import labels_to_probabilities
-    from nnunet_cps4.trainers.vlm_pretraining import load_vlm, vlm_output_folder
+    from nnunet_cps4.data.layout import case_identifiers, require_env_folder, resolve_dataset_name
+    from nnunet_cps4.method.fusion import labels_to_probabilities
+    from nnunet_cps4.nnunet.trainers.vlm_pretraining import load_vlm, vlm_output_folder
 
     parser = argparse.ArgumentParser(
         prog="nnUNetv2_cps4_predict_vlm",

@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Sequence
 from batchgenerators.utilities.file_and_folder_operations import load_json, load_pickle, write_pickle
 from tqdm import tqdm
 
-from nnunet_cps4.cli import run_cli
-from nnunet_cps4.dataset_layout import UNLABELED_FOLDER, case_identifiers, require_env_folder, resolve_dataset_name
+from nnunet_cps4.commands.cli import run_cli
+from nnunet_cps4.data.layout import UNLABELED_FOLDER, case_identifiers, require_env_folder, resolve_dataset_name
 from nnunet_cps4.errors import CPS4Error
 
 MANIFEST_FILE = "cps4_unlabeled_manifest.json"

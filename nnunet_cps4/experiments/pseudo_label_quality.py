@@ -37,11 +37,11 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_cps4.evaluation import ratio_summary, volume_ratio
-    from nnunet_cps4.fusion import fuse_maps, refine_with_text
-    from nnunet_cps4.pretrain_vlm import find_trainer_class
-    from nnunet_cps4.trainers.vlm_pretraining import vlm_from_metadata
-    from nnunet_cps4.vlm_inference import vlm_predictor
+    from nnunet_cps4.experiments.evaluation import ratio_summary, volume_ratio
+    from nnunet_cps4.method.fusion import fuse_maps, refine_with_text
+    from nnunet_cps4.commands.pretrain_vlm import find_trainer_class
+    from nnunet_cps4.nnunet.trainers.vlm_pretraining import vlm_from_metadata
+    from nnunet_cps4.nnunet.vlm_prediction import vlm_predictor
 
     fold_folder = os.path.join(model_folder, f"fold_{fold}")
     ckpt = torch.load(os.path.join(fold_folder, checkpoint), map_location="cpu", weights_only=False)
@@ -115,7 +115,7 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
 def unlabeled_cases_with_references(split_dataset: str, reference_labels_folder: str, file_ending: str,
                                     n_channels: int, limit: Optional[int] = None):
     """({case: [image files]}, {case: label file}) for the unlabeled cases of a dataset that have a reference."""
-    from nnunet_cps4.dataset_layout import UNLABELED_FOLDER, case_identifiers
+    from nnunet_cps4.data.layout import UNLABELED_FOLDER, case_identifiers
 
     folder = os.path.join(split_dataset, UNLABELED_FOLDER)
     cases, refs = {}, {}

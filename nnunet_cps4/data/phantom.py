@@ -2,7 +2,7 @@
 
 `nnUNetv2_cps4_make_phantom -d ID [-n N] [--labeled-fraction F] [--test T] [--seed S] [--size ZxYxX]
 [--name NAME] [--overwrite] [--png FILE]` writes `$nnUNet_raw/DatasetID_NAME/` in the layout of
-`nnunet_cps4.dataset_layout` with MRSpineSeg's 19 classes (1 S, 2 L5 ... 10 T9, 11 L5/S ... 19 T9/T10):
+`nnunet_cps4.data.layout` with MRSpineSeg's 19 classes (1 S, 2 L5 ... 10 T9, 11 L5/S ... 19 T9/T10):
 
 ```
 imagesTr/spine_XXX_0000.nii.gz  labelsTr/spine_XXX.nii.gz     labeled training cases
@@ -50,11 +50,11 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from nnunet_cps4.cli import run_cli
-from nnunet_cps4.dataset_layout import (MRSPINESEG_LABELS, UNLABELED_FOLDER, create_dataset_folder, make_split,
+from nnunet_cps4.commands.cli import run_cli
+from nnunet_cps4.data.layout import (MRSPINESEG_LABELS, UNLABELED_FOLDER, create_dataset_folder, make_split,
                                         require_env_folder, write_dataset_json, write_split)
 from nnunet_cps4.errors import CPS4Error
-from nnunet_cps4.prompts import PROMPT_FILE_KEY
+from nnunet_cps4.method.prompts import PROMPT_FILE_KEY
 
 GENERATOR = "nnunet-cps4 phantom"
 PHANTOM_VERSION = 1

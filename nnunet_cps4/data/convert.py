@@ -1,4 +1,4 @@
-"""Turn labeled data into the semi-supervised nnU-Net raw layout (see `nnunet_cps4.dataset_layout`).
+"""Turn labeled data into the semi-supervised nnU-Net raw layout (see `nnunet_cps4.data.layout`).
 
 Two entry points:
 
@@ -10,7 +10,7 @@ Two entry points:
   channels, any file ending) -> a new semi-supervised dataset at a given labeled fraction, so "5 % labeled"
   protocols can be reproduced on one's own data.
 
-VerSe/TPTBox-style vertebra and disc ids are named by `nnunet_cps4.spine_labels` before splitting.
+VerSe/TPTBox-style vertebra and disc ids are named by `nnunet_cps4.data.spine_labels` before splitting.
 """
 import argparse
 import json
@@ -22,12 +22,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_cps4.cli import run_cli
-from nnunet_cps4.dataset_layout import (MRSPINESEG_LABELS, SPLIT_FILE, UNLABELED_FOLDER, create_dataset_folder,
+from nnunet_cps4.commands.cli import run_cli
+from nnunet_cps4.data.layout import (MRSPINESEG_LABELS, SPLIT_FILE, UNLABELED_FOLDER, create_dataset_folder,
                                         dataset_name, make_split, require_env_folder, write_dataset_json,
                                         write_split)
 from nnunet_cps4.errors import CPS4Error
-from nnunet_cps4.prompts import PROMPT_FILE_KEY, PROMPT_TEMPLATES_KEY
+from nnunet_cps4.method.prompts import PROMPT_FILE_KEY, PROMPT_TEMPLATES_KEY
 
 #: fraction of the cases held out as test set when --test is not given (and the source has no labelled imagesTs)
 DEFAULT_TEST_FRACTION = 0.2

@@ -11,8 +11,8 @@ nnUNetTrainerCPS4VLM_noTokenLoss_50epochs.
 """
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_cps4.trainers import cps4, mean_teacher, vlm_pretraining
-from nnunet_cps4.trainers.schedules import SCHEDULES, ScheduleMixin, schedule_attributes
+from nnunet_cps4.nnunet.trainers import cps4, mean_teacher, vlm_pretraining
+from nnunet_cps4.nnunet.trainers.schedules import SCHEDULES, ScheduleMixin, schedule_attributes
 
 
 class nnUNetTrainerSupervised(nnUNetTrainer):

@@ -10,7 +10,7 @@ Everything semi-supervised is a class attribute, so a variant is a two-line subc
 contract: `network_weights` is the student alone (stock `nnUNetv2_predict` loads it strictly); the teacher and
 the step counter go under the extra key `cps4_state`, so `--c` resumes with the same teacher and ramp.
 
-This trainer is also the base of CPS4 (`nnunet_cps4.trainers.cps4`), which only changes `make_pseudo_labels`.
+This trainer is also the base of CPS4 (`nnunet_cps4.nnunet.trainers.cps4`), which only changes `make_pseudo_labels`.
 Schedule variants (nnUNetTrainerMeanTeacher_5epochs, _smoke, ...) are generated in `variants`.
 """
 import os
@@ -27,7 +27,7 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_cps4.errors import CPS4Error
-from nnunet_cps4.trainers.common import (ExtraCheckpointStateMixin, FoldGuardMixin, backward_and_step,
+from nnunet_cps4.nnunet.trainers.common import (ExtraCheckpointStateMixin, FoldGuardMixin, backward_and_step,
                                         log_epoch_means, register_log_keys, unwrap)
 
 
@@ -131,7 +131,7 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
             self.initialize()
         # unlabeled images are preprocessed once (rank 0) before any rank builds its loaders
         if self.local_rank == 0:
-            from nnunet_cps4.unlabeled import ensure_unlabeled_preprocessed
+            from nnunet_cps4.nnunet.unlabeled import ensure_unlabeled_preprocessed
             ensure_unlabeled_preprocessed(self.plans_manager, self.configuration_manager, self.configuration_name,
                                           self.dataset_json, num_processes=int(os.environ.get("nnUNet_def_n_proc",
                                                                                               2)))
@@ -146,7 +146,7 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
         return dl_tr, dl_val
 
     def get_unlabeled_dataloader(self):
-        from nnunet_cps4.unlabeled import build_unlabeled_dataloader, unlabeled_folder_name
+        from nnunet_cps4.nnunet.unlabeled import build_unlabeled_dataloader, unlabeled_folder_name
 
         self.unlabeled_folder = os.path.join(self.preprocessed_dataset_folder_base,
                                              unlabeled_folder_name(self.configuration_manager.data_identifier))
@@ -312,7 +312,7 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
             self.global_step = int(state["global_step"])
 
 
-# --- ablations (schedule variants of these are generated in nnunet_cps4.trainers.variants) -----------------
+# --- ablations (schedule variants of these are generated in nnunet_cps4.nnunet.trainers.variants) -----------------
 class nnUNetTrainerMeanTeacher_hardDiceCE(nnUNetTrainerMeanTeacher):
     """Every pixel's hard pseudo label, nnU-Net's Dice+CE (the first version; collapses levels on the phantom)."""
     pseudo_label_dice_weight = 1.0

@@ -2,10 +2,10 @@
 
 It is an nnU-Net trainer so that stage (i) gets nnU-Net's data loading, augmentation, optimizer and schedule,
 logging, progress.png, checkpoints and `--c` for free. What differs from segmentation training:
-- the network is the VLM (`nnunet_cps4.vlm`), built from the plans, the dataset's class prompts and a frozen
+- the network is the VLM (`nnunet_cps4.method.vlm`), built from the plans, the dataset's class prompts and a frozen
   text encoder; no deep supervision;
-- the loss is the token- plus pixel-level attention loss (`nnunet_cps4.attention_losses`);
-- validation Dice is that of the fused map (per-class Otsu binarisation + fusion, `nnunet_cps4.fusion`), per
+- the loss is the token- plus pixel-level attention loss (`nnunet_cps4.method.attention_losses`);
+- validation Dice is that of the fused map (per-class Otsu binarisation + fusion, `nnunet_cps4.method.fusion`), per
   class, on the fold's validation cases; the final validation also writes PNG panels (image, ground truth, a
   few per-class maps, fused map).
 The final checkpoint (`checkpoint_final.pth` in this trainer's fold folder) carries metadata — dataset, plans,
@@ -29,9 +29,9 @@ from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
 from nnunet_cps4.errors import CPS4Error
-from nnunet_cps4.trainers.common import (ExtraCheckpointStateMixin, FoldGuardMixin, backward_and_step,
+from nnunet_cps4.nnunet.trainers.common import (ExtraCheckpointStateMixin, FoldGuardMixin, backward_and_step,
                                         log_epoch_means, register_log_keys, unwrap)
-from nnunet_cps4.vlm import VLMConfig
+from nnunet_cps4.method.vlm import VLMConfig
 
 VLM_METADATA_FORMAT = "cps4-vlm/1"
 # what must agree between a VLM checkpoint and the run that wants to use it
@@ -77,7 +77,7 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
             raise RuntimeError("initialize called twice")
         if self.label_manager.has_regions:
             raise CPS4Error("the CPS4 VLM needs plain labels; dataset.json defines regions. Fix: use nnUNetTrainer")
-        from nnunet_cps4.attention_losses import AttentionLoss
+        from nnunet_cps4.method.attention_losses import AttentionLoss
 
         self._set_batch_size_and_oversample()
         self.num_input_channels = determine_num_input_channels(self.plans_manager, self.configuration_manager,
@@ -103,9 +103,9 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
 
     def build_vlm_from_prompts(self):
         """The VLM with this dataset's class-prompt embeddings (computed once here), and its metadata."""
-        from nnunet_cps4.prompts import load_class_prompts
-        from nnunet_cps4.text_encoders import build_text_encoder, class_text_embeddings
-        from nnunet_cps4.vlm import build_vlm, random_text_features
+        from nnunet_cps4.method.prompts import load_class_prompts
+        from nnunet_cps4.method.text_encoders import build_text_encoder, class_text_embeddings
+        from nnunet_cps4.method.vlm import build_vlm, random_text_features
 
         raw_root = os.environ.get("nnUNet_raw")
         raw_folder = os.path.join(raw_root, self.plans_manager.dataset_name) if raw_root else None
@@ -171,7 +171,7 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
                 "pixel_loss": parts["pixel"].item(), "segmentation_loss": parts["segmentation"].item()}
 
     def validation_step(self, batch: dict) -> dict:
-        from nnunet_cps4.fusion import fuse_maps, labels_to_probabilities
+        from nnunet_cps4.method.fusion import fuse_maps, labels_to_probabilities
 
         sim, target, total, _ = self._forward_loss(batch)
         fused = fuse_maps(torch.sigmoid(sim.float()), self.binarize_method, self.fixed_threshold, self.min_peak)
@@ -198,7 +198,7 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
     # --- final validation: fused-map Dice per class on the fold's validation cases, PNG panels -------------
     def perform_actual_validation(self, save_probabilities: bool = False):
         from nnunet_cps4.plots import save_vlm_panels
-        from nnunet_cps4.vlm_inference import fused_case_prediction, vlm_predictor
+        from nnunet_cps4.nnunet.vlm_prediction import fused_case_prediction, vlm_predictor
 
         if self.local_rank != 0:
             if self.is_ddp:
@@ -268,7 +268,7 @@ def vlm_from_metadata(metadata: dict, weights: dict, plans_manager, configuratio
     a buffer of the state dict; the vision weights file only initialised training, so it is not read again)."""
     from dataclasses import replace
 
-    from nnunet_cps4.vlm import build_vlm
+    from nnunet_cps4.method.vlm import build_vlm
 
     config = replace(VLMConfig.from_dict(metadata["vlm_config"]), vision_weights=None)
     vlm = build_vlm(config, plans_manager, configuration_manager, metadata["num_input_channels"],
@@ -291,7 +291,7 @@ def load_vlm(checkpoint_file: str, plans_manager, configuration_manager, device:
     return vlm.to(device).eval(), metadata
 
 
-# --- ablations (schedule variants of these are generated in nnunet_cps4.trainers.variants) ---------------------------------------------------------------------------------------------
+# --- ablations (schedule variants of these are generated in nnunet_cps4.nnunet.trainers.variants) ---------------------------------------------------------------------------------------------
 class nnUNetTrainerCPS4VLM_noTokenLoss(nnUNetTrainerCPS4VLM):
     token_loss_weight = 0.0
 

@@ -37,7 +37,7 @@ from nnunet_cps4.errors import CPS4Error
 
 PROMPT_FORMAT = "cps4-class-prompts/1"
 PROMPTS_ENV = "nnUNet_cps4_prompts"
-CPS4_JSON_KEY = "cps4"  # same key as nnunet_cps4.dataset_layout.CPS4_JSON_KEY (not imported: that pulls nnunetv2)
+CPS4_JSON_KEY = "cps4"  # same key as nnunet_cps4.data.layout.CPS4_JSON_KEY (not imported: that pulls nnunetv2)
 PROMPT_FILE_KEY = "prompt_file"
 PROMPT_TEMPLATES_KEY = "prompt_templates"
 TEMPLATE_SOURCE = "template"

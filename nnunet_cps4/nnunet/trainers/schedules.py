@@ -5,7 +5,7 @@ iterations), which is days on a CPU. A trainer that mixes `ScheduleMixin` in and
 gets them applied right after nnU-Net's constructor. The constructor keeps nnU-Net's exact signature (nnU-Net
 records its init arguments and rejects extra ones).
 
-`SCHEDULES` names the schedules for which `nnunet_cps4.trainers.variants` generates a variant of every trainer
+`SCHEDULES` names the schedules for which `nnunet_cps4.nnunet.trainers.variants` generates a variant of every trainer
 family (e.g. nnUNetTrainerCPS4_smoke, nnUNetTrainerMeanTeacher_50epochs), so that methods compared side by side
 share one schedule by construction.
 """

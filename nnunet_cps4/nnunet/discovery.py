@@ -3,7 +3,7 @@
 `nnUNetv2_train -tr NAME` and `nnUNetv2_predict` look a trainer up by name, first inside nnunetv2, then in every
 folder listed in the environment variable `nnUNet_extTrainer` (os.pathsep-separated). nnU-Net imports every module
 of such a folder as a top-level module and forgets them afterwards, so we point it at a folder that holds only a
-uniquely named shim module (`nnunet_ext_trainers/nnunet_cps4_trainers.py`) re-exporting the trainer classes,
+uniquely named shim module (`ext_trainers/nnunet_cps4_trainers.py` beside this module) re-exporting the trainer classes,
 which themselves live in the installed package. Never point it at the package folder (relative imports break)
 or at site-packages (nnU-Net would import everything there).
 
@@ -15,7 +15,7 @@ import os
 from typing import Optional, Sequence
 
 ENV_VAR = "nnUNet_extTrainer"
-EXT_TRAINER_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nnunet_ext_trainers")
+EXT_TRAINER_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ext_trainers")
 
 
 def ext_trainer_value(current: Optional[str] = None) -> str:

@@ -48,8 +48,8 @@ def _measure_in_this_process(dataset: str, configuration: str, plans: str, train
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.paths import nnUNet_preprocessed
 
-    from nnunet_cps4.dataset_layout import resolve_dataset_name
-    from nnunet_cps4.pretrain_vlm import find_trainer_class
+    from nnunet_cps4.data.layout import resolve_dataset_name
+    from nnunet_cps4.commands.pretrain_vlm import find_trainer_class
 
     name = resolve_dataset_name(dataset)
     base = os.path.join(nnUNet_preprocessed, name)
@@ -97,7 +97,7 @@ def measure_cost(dataset: str, configuration: str, trainers: Sequence[str], plan
                  device: str = "cpu", warmup: int = 3, steps: int = 10, n_unlabeled: int = 4, seed: int = 0,
                  env: Optional[dict] = None) -> dict:
     """Measure each trainer in a child process; ratios are relative to the first trainer."""
-    from nnunet_cps4.dataset_layout import require_env_folder, resolve_dataset_name
+    from nnunet_cps4.data.layout import require_env_folder, resolve_dataset_name
     from nnunet_cps4.errors import CPS4Error
 
     if env is None:  # bad settings fail here, in one line, not in a child's traceback
@@ -107,7 +107,7 @@ def measure_cost(dataset: str, configuration: str, trainers: Sequence[str], plan
             raise CPS4Error(f"{plans_file} not found. Fix: plan and preprocess the dataset first (or pass -p)")
     results: List[dict] = []
     for name in trainers:
-        cmd = [sys.executable, "-m", "nnunet_cps4.cost", "--child", dataset, configuration, plans, name, device,
+        cmd = [sys.executable, "-m", "nnunet_cps4.experiments.cost", "--child", dataset, configuration, plans, name, device,
                str(warmup), str(steps), str(n_unlabeled), str(seed)]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
@@ -135,7 +135,7 @@ def format_cost_table(cost: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from nnunet_cps4.cli import run_cli
+    from nnunet_cps4.commands.cli import run_cli
 
     run_cli(_main, argv)
 

@@ -1,0 +1,1 @@
+"""Console scripts: argument parsing only; each calls into the layers below."""

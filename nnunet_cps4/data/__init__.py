@@ -1,0 +1,1 @@
+"""The data layer: the semi-supervised raw dataset layout and split, converters, spine label names, the phantom."""

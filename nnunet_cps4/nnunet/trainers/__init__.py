@@ -1,0 +1,1 @@
+"""nnU-Net trainers of the plugin: one module per trainer family; `registry` lists the public names."""

@@ -1,6 +1,0 @@
-"""Shim read by nnU-Net's `nnUNet_extTrainer` lookup (see nnunet_cps4/discovery.py).
-
-It only re-exports; the trainer classes live in the installed package `nnunet_cps4.trainers`, so they stay
-importable after nnU-Net removes this module from sys.modules.
-"""
-from nnunet_cps4.trainers.registry import *  # noqa: F401,F403

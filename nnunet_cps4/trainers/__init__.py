@@ -1,1 +1,0 @@
-"""nnU-Net trainers of the plugin. Each module holds one trainer family and its schedule variants."""
