@@ -18,7 +18,7 @@ setup(
     },
     install_requires=[
         # torch/torchvision are not pinned here so that GPU users keep their own CUDA build; the set-up script
-        # installs a matching pair first (DESIGN.md section 4). nnU-Net excludes torch 2.9.*.
+        # installs a matching pair first (scripts/setup.sh). nnU-Net excludes torch 2.9.*.
         "torch>=2.1,!=2.9.*",
         "torchvision",
         "nnunetv2>=2.8,<2.9",
@@ -36,15 +36,15 @@ setup(
     extras_require={"test": ["pytest", "tptbox"]},
     entry_points={
         "console_scripts": [
-            "nnUNetv2_cps4_ext_trainer_path=nnunet_cps4.nnunet.discovery:main",
-            "nnUNetv2_cps4_preprocess_unlabeled=nnunet_cps4.nnunet.unlabeled:main",
-            "nnUNetv2_cps4_make_phantom=nnunet_cps4.data.phantom:main",
-            "nnUNetv2_cps4_convert_mrspineseg=nnunet_cps4.data.convert:main_mrspineseg",
-            "nnUNetv2_cps4_split_labeled=nnunet_cps4.data.convert:main_split",
+            "nnUNetv2_cps4_ext_trainer_path=nnunet_cps4.commands.ext_trainer_path:main",
+            "nnUNetv2_cps4_preprocess_unlabeled=nnunet_cps4.commands.preprocess_unlabeled:main",
+            "nnUNetv2_cps4_make_phantom=nnunet_cps4.commands.make_phantom:main",
+            "nnUNetv2_cps4_convert_mrspineseg=nnunet_cps4.commands.convert:main_mrspineseg",
+            "nnUNetv2_cps4_split_labeled=nnunet_cps4.commands.convert:main_split",
             "nnUNetv2_cps4_pretrain_vlm=nnunet_cps4.commands.pretrain_vlm:main",
-            "nnUNetv2_cps4_predict_vlm=nnunet_cps4.nnunet.vlm_prediction:main",
-            "nnUNetv2_cps4_cost=nnunet_cps4.experiments.cost:main",
-            "nnUNetv2_cps4_benchmark=nnunet_cps4.experiments.benchmark:main",
+            "nnUNetv2_cps4_predict_vlm=nnunet_cps4.commands.predict_vlm:main",
+            "nnUNetv2_cps4_cost=nnunet_cps4.commands.cost:main",
+            "nnUNetv2_cps4_benchmark=nnunet_cps4.commands.benchmark:main",
         ]
     },
 )

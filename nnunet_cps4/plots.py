@@ -2,6 +2,7 @@
 from typing import Dict, List, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -34,8 +35,6 @@ def _label_cmap(num_labels: int):
 
 def show_labels(ax, image, labels, num_labels: int, title: str) -> None:
     """Image in grey with a label map on top (background transparent)."""
-    import numpy as np
-
     ax.imshow(image, cmap="gray")
     masked = np.ma.masked_where(labels == 0, labels)
     ax.imshow(masked, cmap=_label_cmap(num_labels + 1), vmin=0, vmax=num_labels, alpha=0.5, interpolation="nearest")
@@ -49,8 +48,6 @@ def save_vlm_panels(image, seg, probs, fused, class_names: Sequence[str], out_pn
     image, seg, fused: (Z, Y, X) or (Y, X); probs: (C, Z, Y, X) or (C, Y, X). The classes shown are the ones
     present in the ground truth nearest its middle (so neighbouring levels can be compared).
     """
-    import numpy as np
-
     if image.ndim == 3:
         z = image.shape[0] // 2
         image, seg, fused, probs = image[z], seg[z], fused[z], probs[:, z]

@@ -1,4 +1,4 @@
-"""Shared fixtures: every test gets its own nnU-Net folders and the 2-core CPU settings (DESIGN.md section 3)."""
+"""Shared fixtures: every test gets its own nnU-Net folders and the 2-core CPU settings (docs/ARCHITECTURE.md)."""
 import os
 
 import pytest

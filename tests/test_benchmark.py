@@ -84,7 +84,7 @@ def _fake_metrics(dice):
 
 
 def test_summary_pairs_each_method_with_supervised_on_its_own_split():
-    from nnunet_cps4.experiments.benchmark import fmt_mean_sd, summarize
+    from nnunet_cps4.experiments.report import fmt_mean_sd, summarize
 
     # the split moves both methods together: the paired difference is steady although both means spread
     runs = [{"fraction": 0.05, "seed": s, "methods": {"supervised": _fake_metrics(base),

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_cps4.data.convert import (_resolve_n_test, check_image_mask_pair, convert_mrspineseg, find_mrspineseg_cases,
-                                 split_labeled_dataset)
+from nnunet_cps4.data.mrspineseg import check_image_mask_pair, convert_mrspineseg, find_mrspineseg_cases
+from nnunet_cps4.data.split import resolve_n_test as _resolve_n_test
+from nnunet_cps4.data.split import split_labeled_dataset
 from nnunet_cps4.data.spine_labels import label_ids_in_files, remap_label_file, verse_label_names, verse_labels
 from nnunet_cps4.data.layout import MRSPINESEG_LABELS, SPLIT_FILE, UNLABELED_FOLDER, case_identifiers
 from nnunet_cps4.errors import CPS4Error

@@ -135,7 +135,7 @@ def test_dataset_layout_json_and_split(nnunet_env, tmp_path):
     assert os.path.getsize(png) > 10000
 
     # the phantom's class prompts are the shipped MRSpineSeg ones, also after a re-split of the dataset
-    from nnunet_cps4.data.convert import split_labeled_dataset
+    from nnunet_cps4.data.split import split_labeled_dataset
     from nnunet_cps4.method.prompts import load_class_prompts
     assert load_class_prompts(ds, folder).source.endswith("mrspineseg.json")
     resplit = split_labeled_dataset(folder, 22, 0.5, seed=0)

@@ -5,9 +5,12 @@ import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from nnunet_cps4.nnunet.trainers.cps4 import nnUNetTrainerCPS4, nnUNetTrainerCPS4_warmupDiceVeto
-from nnunet_cps4.nnunet.trainers.mean_teacher import (labels_like_outputs, nnUNetTrainerMeanTeacher,
-                                               nnUNetTrainerMeanTeacher_hardDiceCE, nnUNetTrainerMeanTeacher_warmup)
+from nnunet_cps4.errors import CPS4Error
+
+from nnunet_cps4.experiments.variants import (nnUNetTrainerCPS4_warmupDiceVeto, nnUNetTrainerMeanTeacher_hardDiceCE,
+                                              nnUNetTrainerMeanTeacher_warmup)
+from nnunet_cps4.nnunet.trainers.cps4 import nnUNetTrainerCPS4
+from nnunet_cps4.nnunet.trainers.mean_teacher import labels_like_outputs, nnUNetTrainerMeanTeacher
 
 
 def _trainer(cls, planned_toy, monkeypatch, tmp_path):
@@ -117,3 +120,16 @@ def test_warmup_trains_on_labeled_cases_alone_then_ramps(planned_toy, monkeypatc
     student = trainer.unwrapped_student().state_dict()
     assert all(torch.equal(trainer.teacher.state_dict()[k], student[k]) for k in student)  # alpha 0 at step 0
     assert any(not torch.equal(teacher_before[k], student[k]) for k in student)
+
+
+def test_non_finite_loss_stops_training_with_the_cases_named(planned_toy, monkeypatch, tmp_path):
+    trainer = _trainer(nnUNetTrainerMeanTeacher_warmup, planned_toy, monkeypatch, tmp_path)  # labeled-only step
+    data = torch.randn(2, 1, *trainer.configuration_manager.patch_size)
+    data[0, 0, 0, 0] = float("nan")
+    with torch.no_grad():
+        outputs = trainer.network(torch.zeros_like(data))
+    labels = (data.nan_to_num() > 0).long()
+    with pytest.raises(CPS4Error) as info:
+        trainer.train_step({"data": data, "target": labels_like_outputs(labels, outputs), "keys": ["c0", "c3"]})
+    message = str(info.value)
+    assert "non-finite loss" in message and "supervised (labeled batch)" in message and "c0, c3" in message

@@ -17,7 +17,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_cps4.nnunet.discovery import EXT_TRAINER_FOLDER
+from nnunet_cps4.experiments.variants import EXPERIMENT_TRAINER_FOLDER
+from nnunet_cps4.nnunet.discovery import EXT_TRAINER_FOLDER, ext_trainer_value
 from toy_data import make_toy_dataset
 
 BIN = os.path.dirname(sys.executable)
@@ -35,8 +36,9 @@ def cli(name, *args, env, check=True, timeout=600):
 
 @pytest.fixture(scope="module")
 def env(planned_toy):
-    """The shared planned toy dataset (2d, 3d_fullres); the plugin found via nnUNet_extTrainer."""
-    return dict(planned_toy, nnUNet_extTrainer=EXT_TRAINER_FOLDER)
+    """The shared planned toy dataset (2d, 3d_fullres); the plugin's trainers, and the benchmark's short schedules
+    (`_smoke`), found via nnUNet_extTrainer as the benchmark finds them."""
+    return dict(planned_toy, nnUNet_extTrainer=ext_trainer_value("", (EXT_TRAINER_FOLDER, EXPERIMENT_TRAINER_FOLDER)))
 
 
 def model_folder(env, trainer, configuration="2d"):
@@ -163,6 +165,20 @@ def test_killed_mean_teacher_resumes_with_its_teacher(env, monkeypatch):
     final = load(os.path.join(fold, "checkpoint_final.pth"))
     assert final["cps4_state"]["global_step"] == 20
     assert len(final["logging"]["ssl_lambda"]) == 2
+    # the log says that it resumed, from which file and epoch, and what was restored
+    logs = "".join(open(os.path.join(fold, f)).read() for f in os.listdir(fold) if f.startswith("training_log"))
+    assert f"Resumed from {os.path.join(fold, 'checkpoint_latest.pth')} at epoch 1; restored: student, optimizer, " \
+           f"teacher, step 10" in logs
+
+    # a checkpoint truncated by a kill: one line naming the file and the fix, not a zip-reader traceback
+    os.rename(os.path.join(fold, "checkpoint_final.pth"), os.path.join(fold, "final.bak"))
+    data = open(os.path.join(fold, "final.bak"), "rb").read()
+    with open(os.path.join(fold, "checkpoint_latest.pth"), "wb") as f:
+        f.write(data[:len(data) // 2])
+    result = train(env, "nnUNetTrainerMeanTeacher_smoke", "0", "2d", "--c", check=False)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "checkpoint_latest.pth is damaged" in last and "Fix:" in last, last
 
 
 def test_stage1_console_script_then_cps4_predicts(env, tmp_path):
@@ -244,7 +260,7 @@ def test_cps4_refuses_a_vlm_trained_with_other_prompts(env, tmp_path):
 def test_too_few_labeled_cases_for_a_fold_is_a_clear_error(tmp_path):
     e = dict(os.environ, nnUNet_raw=str(tmp_path / "raw"), nnUNet_preprocessed=str(tmp_path / "pre"),
              nnUNet_results=str(tmp_path / "res"), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1",
-             nnUNet_extTrainer=EXT_TRAINER_FOLDER)
+             nnUNet_extTrainer=ext_trainer_value("", (EXT_TRAINER_FOLDER, EXPERIMENT_TRAINER_FOLDER)))
     make_toy_dataset(e["nnUNet_raw"], dataset_id=502, n_labeled=2, n_unlabeled=2)
     cli("nnUNetv2_plan_and_preprocess", "-d", 502, "-c", "2d", "-np", 1, "-npfp", 1, env=e)
     e["nnUNet_n_proc_DA"] = "0"
@@ -252,6 +268,18 @@ def test_too_few_labeled_cases_for_a_fold_is_a_clear_error(tmp_path):
                  env=e, check=False)
     assert result.returncode != 0
     assert "2 labeled case(s)" in result.stderr and "fold 'all'" in result.stderr
+    # CPS4 checks the fold and the unlabeled images before it trains stage (i), and names the trainer the user ran
+    result = cli("nnUNetv2_train", 502, "2d", 0, "-tr", "nnUNetTrainerCPS4_smoke", "-device", "cpu", env=e,
+                 check=False)
+    assert result.returncode != 0 and "-tr nnUNetTrainerCPS4_smoke" in result.stderr.strip().splitlines()[-1]
+    shutil.rmtree(os.path.join(e["nnUNet_raw"], "Dataset502_Toy", "imagesUnlabeled"))
+    result = cli("nnUNetv2_train", 502, "2d", "all", "-tr", "nnUNetTrainerCPS4_smoke", "-device", "cpu", env=e,
+                 check=False)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode != 0 and "imagesUnlabeled does not exist" in last and "Fix" in last, last
+    results = os.path.join(e["nnUNet_results"], "Dataset502_Toy")
+    assert not any(d.startswith("nnUNetTrainerCPS4VLM") for d in (os.listdir(results) if os.path.isdir(results)
+                                                                    else [])), "stage (i) ran before the check"
 
 
 def test_cps4_trains_and_predicts_3d_fullres(env, tmp_path):

@@ -7,8 +7,9 @@ import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_cps4.errors import CPS4Error
-from nnunet_cps4.nnunet.trainers.vlm_pretraining import check_vlm_metadata
-from nnunet_cps4.method.vlm import VLMConfig, build_vlm, random_text_features
+from nnunet_cps4.method.vlm import VLMConfig, random_text_features
+from nnunet_cps4.nnunet.checkpoints import check_vlm_metadata
+from nnunet_cps4.nnunet.vlm_from_plans import build_vlm
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def plans(planned_toy, tmp_path_factory):
 def test_similarity_maps_have_one_channel_per_class_at_input_resolution(plans, configuration, vision):
     pm, _, _ = plans
     cm = pm.get_configuration(configuration)
-    vlm = build_vlm(VLMConfig(vision=vision, embed_dim=16), pm, cm, 1, random_text_features(2, 384))
+    vlm = build_vlm(VLMConfig(vision=vision, embed_dim=16), cm, 1, random_text_features(2, 384))
     x = torch.randn(2, 1, *cm.patch_size)
     s = vlm(x)
     assert s.shape == (2, 2, *cm.patch_size)
@@ -39,54 +40,67 @@ def test_similarity_maps_have_one_channel_per_class_at_input_resolution(plans, c
 def test_vit_refuses_3d_and_bad_weights_file_is_named(plans, tmp_path):
     pm, _, _ = plans
     with pytest.raises(CPS4Error, match="2d configuration"):
-        build_vlm(VLMConfig(vision="vit"), pm, pm.get_configuration("3d_fullres"), 1, torch.zeros(2, 8))
+        build_vlm(VLMConfig(vision="vit"), pm.get_configuration("3d_fullres"), 1, torch.zeros(2, 8))
     bad = tmp_path / "w.pth"
     torch.save({"not": torch.zeros(1)}, bad)
     with pytest.raises(CPS4Error, match=str(bad)):
-        build_vlm(VLMConfig(vision_weights=str(bad)), pm, pm.get_configuration("2d"), 1, torch.zeros(2, 8))
+        build_vlm(VLMConfig(vision_weights=str(bad)), pm.get_configuration("2d"), 1, torch.zeros(2, 8))
     with pytest.raises(CPS4Error, match="unknown"):
-        build_vlm(VLMConfig(vision="resnet"), pm, pm.get_configuration("2d"), 1, torch.zeros(2, 8))
+        build_vlm(VLMConfig(vision="resnet"), pm.get_configuration("2d"), 1, torch.zeros(2, 8))
 
 
 def test_vision_weights_from_a_local_file_are_used(plans, tmp_path):
     pm, _, _ = plans
     cm = pm.get_configuration("2d")
-    first = build_vlm(VLMConfig(embed_dim=8), pm, cm, 1, torch.zeros(2, 8))
+    first = build_vlm(VLMConfig(embed_dim=8), cm, 1, torch.zeros(2, 8))
     path = tmp_path / "vision.pth"
     torch.save(first.vision.state_dict(), path)
-    second = build_vlm(VLMConfig(embed_dim=8, vision_weights=str(path)), pm, cm, 1, torch.zeros(2, 8))
+    second = build_vlm(VLMConfig(embed_dim=8, vision_weights=str(path)), cm, 1, torch.zeros(2, 8))
     for k, v in first.vision.state_dict().items():
         assert torch.equal(second.vision.state_dict()[k], v)
 
 
 def test_metadata_mismatch_lists_every_difference():
     found = {"format": "cps4-vlm/1", "vlm_trainer": "A", "dataset": "D", "plans": "P", "configuration": "2d",
-             "class_names": ["a"], "label_ids": [1], "prompt_fingerprint": "x", "text_encoder": "hf:m"}
+             "fold": "all", "class_names": ["a"], "label_ids": [1], "prompt_fingerprint": "x", "text_encoder": "hf:m"}
     check_vlm_metadata(found, dict(found), "ckpt")
     with pytest.raises(CPS4Error) as info:
         check_vlm_metadata(found, dict(found, configuration="3d_fullres", text_encoder="hf:other"), "ckpt.pth")
     assert "configuration" in str(info.value) and "text_encoder" in str(info.value) and "ckpt.pth" in str(info.value)
+    # a VLM trained on fold 'all' has seen fold 0's validation cases: refused for fold 0
+    with pytest.raises(CPS4Error, match="fold: checkpoint 'all' != this run 0"):
+        check_vlm_metadata(found, dict(found, fold=0), "ckpt.pth")
     with pytest.raises(CPS4Error, match="not a CPS4 VLM checkpoint"):
         check_vlm_metadata({}, found, "x")
 
 
 def test_every_trainer_variant_instantiates(plans, monkeypatch):
-    """All 90-odd generated names build; schedules are applied; every CPS4 variant names an existing VLM."""
+    """Every public and experimental trainer builds; schedules are applied; every CPS4 trainer's stage-(i) trainer
+    has the same schedule and exists under its own name."""
+    from nnunet_cps4.experiments import variants
     from nnunet_cps4.nnunet.trainers import registry
-    from nnunet_cps4.nnunet.trainers.schedules import SCHEDULES
 
     pm, dataset_json, env = plans
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(k, env[k])
-    for name in registry.__all__:
-        cls = getattr(registry, name)
+    assert set(registry.__all__) < set(variants.__all__)
+    assert len(registry.__all__) == len(registry.FAMILIES) * (1 + len(registry.SCHEDULES))
+    for name in variants.__all__:
+        cls = getattr(variants, name)
         plans_dict = dict(pm.plans, continue_training=False)
         trainer = cls(plans=plans_dict, configuration="2d", fold=0, dataset_json=dataset_json,
                       device=torch.device("cpu"))
         suffix = name.rsplit("_", 1)[-1]
-        if suffix in SCHEDULES and "epochs" in SCHEDULES[suffix]:
-            assert trainer.num_epochs == SCHEDULES[suffix]["epochs"], name
-        if hasattr(cls, "vlm_trainer_name"):
-            assert hasattr(registry, cls.vlm_trainer_name), name
-            if suffix in SCHEDULES:
-                assert cls.vlm_trainer_name.endswith("_" + suffix), name
+        if suffix in variants.ALL_SCHEDULES:
+            assert trainer.num_epochs == variants.ALL_SCHEDULES[suffix]["epochs"], name
+        if hasattr(cls, "vlm_trainer_class"):
+            vlm_name = cls.vlm_trainer_class.__name__
+            assert getattr(variants, vlm_name) is cls.vlm_trainer_class, name
+            if suffix in variants.ALL_SCHEDULES:
+                assert vlm_name.endswith("_" + suffix), name
+    # a row of the experiment table changes exactly its settings
+    veto = variants.nnUNetTrainerCPS4_warmupDiceVeto_cpu5k
+    assert veto.pseudo_label_rule.silent_defers and veto.pseudo_label_dice_weight == 1.0
+    assert veto.unlabeled_start_fraction == 0.5 and veto.text_loss_weight == 0.0
+    assert veto.pseudo_label_rule.confidence_threshold == registry.nnUNetTrainerCPS4.pseudo_label_rule.confidence_threshold
+    assert variants.nnUNetTrainerCPS4_vlmSegLoss_smoke.vlm_trainer_class.segmentation_loss_weight == 1.0

@@ -1,4 +1,4 @@
-"""Running stage (i): `nnUNetv2_cps4_pretrain_vlm DATASET CONFIG FOLD`, and the same from inside stage (ii).
+"""`nnUNetv2_cps4_pretrain_vlm DATASET CONFIG FOLD`: CPS4 stage (i) on its own (stage (ii) runs it itself).
 
 Trains `nnUNetTrainerCPS4VLM` (or a variant, `-tr`) on the labeled training cases of the fold, validates the
 fused map per class on the fold's validation cases, and leaves `checkpoint_final.pth` (with metadata), the log,
@@ -6,65 +6,19 @@ progress.png and PNG panels in nnUNet_results/DatasetXXX/<vlm trainer>__<plans>_
 """
 import argparse
 import os
-from copy import deepcopy
 from typing import Optional, Sequence
 
 import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
 
 from nnunet_cps4.commands.cli import run_cli
+from nnunet_cps4.data.layout import require_env_folder, resolve_dataset_name
 from nnunet_cps4.errors import CPS4Error
-
-
-def find_trainer_class(name: str):
-    """A trainer class by name: the plugin's own first, then nnU-Net's lookup (nnunetv2 + nnUNet_extTrainer)."""
-    from nnunet_cps4.nnunet.trainers import registry
-
-    if hasattr(registry, name):
-        return getattr(registry, name)
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    try:
-        return recursive_find_trainer_class_by_name(name)
-    except RuntimeError:
-        raise CPS4Error(f"trainer {name!r} not found in nnunet_cps4 or nnU-Net (nnUNet_extTrainer="
-                        f"{os.environ.get('nnUNet_extTrainer', '')}). Fix: check the name") from None
-
-
-def run_stage1(trainer_class, plans: dict, configuration: str, fold, dataset_json: dict, device: torch.device,
-               continue_training: bool = False, validation_only: bool = False,
-               epochs: Optional[int] = None, iterations: Optional[int] = None,
-               val_iterations: Optional[int] = None) -> str:
-    """Train (or resume / only validate) a stage-(i) trainer; return the path of its final checkpoint."""
-    plans = deepcopy(plans)
-    plans["continue_training"] = continue_training
-    trainer = trainer_class(plans=plans, configuration=configuration, fold=fold, dataset_json=dataset_json,
-                            device=device)
-    for attribute, value in (("num_epochs", epochs), ("num_iterations_per_epoch", iterations),
-                             ("num_val_iterations_per_epoch", val_iterations)):
-        if value is not None:
-            setattr(trainer, attribute, int(value))
-    final = os.path.join(trainer.output_folder, "checkpoint_final.pth")
-    if validation_only:
-        if not os.path.isfile(final):
-            raise CPS4Error(f"{final} not found: stage (i) has not finished. Fix: run it without --val")
-        trainer.load_checkpoint(final)
-    elif continue_training:
-        for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
-            path = os.path.join(trainer.output_folder, name)
-            if os.path.isfile(path):
-                trainer.load_checkpoint(path)
-                break
-    if not validation_only:
-        trainer.run_training()
-    trainer.perform_actual_validation()
-    return final
+from nnunet_cps4.nnunet.trainers.registry import find_trainer_class
+from nnunet_cps4.nnunet.trainers.vlm_pretraining import run_stage1
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> None:
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-
-    from nnunet_cps4.data.layout import require_env_folder, resolve_dataset_name
-
     parser = argparse.ArgumentParser(
         prog="nnUNetv2_cps4_pretrain_vlm",
         description="CPS4 stage (i): train the class-prompt VLM on the labeled cases of a fold. "
@@ -93,9 +47,11 @@ def _main(argv: Optional[Sequence[str]] = None) -> None:
     if args.device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
     fold = args.fold if args.fold == "all" else int(args.fold)
+    schedule = {"epochs": args.epochs, "iterations_per_epoch": args.iterations,
+                "val_iterations_per_epoch": args.val_iterations}
     final = run_stage1(trainer_class, load_json(plans_file), args.configuration, fold,
                        load_json(os.path.join(base, "dataset.json")), torch.device(args.device), args.c, args.val,
-                       args.epochs, args.iterations, args.val_iterations)
+                       schedule)
     print(f"stage (i) checkpoint: {final}")
 
 

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
 from nnunet_cps4.errors import CPS4Error
 
@@ -47,8 +48,6 @@ def require_env_folder(var: str) -> str:
 
 def resolve_dataset_name(dataset: str) -> str:
     """DatasetXXX_Name for a dataset id or name given on a command line, or a CPS4Error saying what was searched."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
     try:
         return maybe_convert_to_dataset_name(int(dataset) if str(dataset).isdigit() else dataset)
     except RuntimeError as e:

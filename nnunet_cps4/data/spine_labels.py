@@ -10,7 +10,7 @@ from typing import Dict, Iterable, List, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_cps4.data.convert import read_image
+from nnunet_cps4.data.image_io import read_image
 from nnunet_cps4.errors import CPS4Error
 
 #: vertebra ids of the TPTBox / VerSe convention (TPTBox core/vert_constants.py, v_idx2name)

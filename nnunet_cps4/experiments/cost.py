@@ -10,7 +10,6 @@ during the timed steps (VmHWM after resetting it through /proc/self/clear_refs).
 
 The trainers must be trainable as they are (CPS4 needs its stage-(i) checkpoint, else it would train it first).
 """
-import argparse
 import itertools
 import json
 import os
@@ -18,6 +17,14 @@ import subprocess
 import sys
 import time
 from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+
+from nnunet_cps4.data.layout import require_env_folder, resolve_dataset_name
+from nnunet_cps4.errors import CPS4Error
+from nnunet_cps4.experiments.variants import trainer_class
 
 RESULT_PREFIX = "CPS4_COST_RESULT "
 
@@ -43,22 +50,14 @@ def _reset_peak_rss() -> None:
 
 def _measure_in_this_process(dataset: str, configuration: str, plans: str, trainer_name: str, device: str,
                              warmup: int, steps: int, n_unlabeled: int, seed: int) -> dict:
-    import numpy as np
-    import torch
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.paths import nnUNet_preprocessed
-
-    from nnunet_cps4.data.layout import resolve_dataset_name
-    from nnunet_cps4.commands.pretrain_vlm import find_trainer_class
-
     name = resolve_dataset_name(dataset)
-    base = os.path.join(nnUNet_preprocessed, name)
+    base = os.path.join(require_env_folder("nnUNet_preprocessed"), name)
     plans_dict = load_json(os.path.join(base, plans + ".json"))
     plans_dict["continue_training"] = False
     dev = torch.device(device)
     if dev.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
-    trainer = find_trainer_class(trainer_name)(plans=plans_dict, configuration=configuration, fold="all",
+    trainer = trainer_class(trainer_name)(plans=plans_dict, configuration=configuration, fold="all",
                                                dataset_json=load_json(os.path.join(base, "dataset.json")),
                                                device=dev)
     trainer.on_train_start()
@@ -97,9 +96,6 @@ def measure_cost(dataset: str, configuration: str, trainers: Sequence[str], plan
                  device: str = "cpu", warmup: int = 3, steps: int = 10, n_unlabeled: int = 4, seed: int = 0,
                  env: Optional[dict] = None) -> dict:
     """Measure each trainer in a child process; ratios are relative to the first trainer."""
-    from nnunet_cps4.data.layout import require_env_folder, resolve_dataset_name
-    from nnunet_cps4.errors import CPS4Error
-
     if env is None:  # bad settings fail here, in one line, not in a child's traceback
         plans_file = os.path.join(require_env_folder("nnUNet_preprocessed"), resolve_dataset_name(dataset),
                                   plans + ".json")
@@ -134,36 +130,7 @@ def format_cost_table(cost: dict) -> str:
     return "\n".join(rows)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    from nnunet_cps4.commands.cli import run_cli
-
-    run_cli(_main, argv)
-
-
-def _main(argv: Optional[Sequence[str]] = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "--child":
-        d, c, p, t, dev, w, s, n, seed = argv[1:10]
-        result = _measure_in_this_process(d, c, p, t, dev, int(w), int(s), int(n), int(seed))
-        print(RESULT_PREFIX + json.dumps(result), flush=True)
-        return
-    parser = argparse.ArgumentParser(prog="nnUNetv2_cps4_cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-d", required=True, help="dataset id or name (planned, unlabeled images present)")
-    parser.add_argument("-c", default="2d")
-    parser.add_argument("-p", default="nnUNetPlans")
-    parser.add_argument("-tr", nargs="+", default=["nnUNetTrainer", "nnUNetTrainerMeanTeacher", "nnUNetTrainerCPS4"],
-                        help="trainers; the first is the reference of the ratios")
-    parser.add_argument("-device", default="cpu")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("-o", help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    cost = measure_cost(args.d, args.c, args.tr, args.p, args.device, args.warmup, args.steps)
-    print(format_cost_table(cost))
-    if args.o:
-        with open(args.o, "w") as f:
-            json.dump(cost, f, indent=2)
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the child process of measure_cost
+    d, c, p, t, dev, w, s, n, seed = sys.argv[2:11]
+    print(RESULT_PREFIX + json.dumps(_measure_in_this_process(d, c, p, t, dev, int(w), int(s), int(n), int(seed))),
+          flush=True)

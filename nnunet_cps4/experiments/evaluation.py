@@ -13,14 +13,17 @@ import os
 from typing import Dict, List
 
 import numpy as np
+from medpy.metric.binary import hd95
+from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+from nnunet_cps4.method.metrics import dice_from_counts
 
 METRIC_NOTES = ("Dice/IoU: class absent in reference and prediction -> NaN (excluded from means); "
                 "HD95 in mm via medpy.metric.binary.hd95, NaN if the class is empty in either image")
 
 
 def _hd95(pred: np.ndarray, ref: np.ndarray, spacing) -> float:
-    from medpy.metric.binary import hd95
-
     if not pred.any() or not ref.any():
         return float("nan")
     return float(hd95(pred, ref, voxelspacing=spacing))
@@ -35,14 +38,12 @@ def _read_case(pred_folder: str, ref_folder: str, case: str, file_ending: str, r
 
 def evaluate_case(pred, ref, spacing, labels: Dict[str, int]) -> Dict[str, dict]:
     """{class name: {"Dice", "IoU", "HD95"}} for one case (label maps as read, (1, *S))."""
-    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
-
     result = {}
     for name, label in labels.items():
         r, p = ref[0] == label, pred[0] == label
         tp, fp, fn, _ = compute_tp_fp_fn_tn(r, p)
         denominator = tp + fp + fn
-        result[name] = {"Dice": float(2 * tp / (2 * tp + fp + fn)) if denominator else float("nan"),
+        result[name] = {"Dice": dice_from_counts(tp, fp, fn),
                         "IoU": float(tp / denominator) if denominator else float("nan"),
                         "HD95": _hd95(p, r, spacing)}
     return result
@@ -63,8 +64,6 @@ def ratio_summary(ratios: Dict[str, float]) -> dict:
 def evaluate_folder(pred_folder: str, ref_folder: str, labels: Dict[str, int], file_ending: str = ".nii.gz"
                     ) -> dict:
     """Every reference case must have a prediction; returns per-case and aggregated metrics (each file read once)."""
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-
     cases = sorted(f[:-len(file_ending)] for f in os.listdir(ref_folder) if f.endswith(file_ending))
     missing = [c for c in cases if not os.path.isfile(os.path.join(pred_folder, c + file_ending))]
     if missing:
@@ -82,8 +81,6 @@ def foreground_volume_ratio(pred_folder: str, ref_folder: str, cases: List[str],
                             ) -> dict:
     """{"cases": {case: predicted / reference foreground voxels}, "median": over cases}, from the files (for
     results evaluated before the ratio existed; evaluate_folder computes it from the arrays it already read)."""
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-
     rw = SimpleITKIO()
     return ratio_summary({c: volume_ratio(*_read_case(pred_folder, ref_folder, c, file_ending, rw)[:2])
                            for c in cases})

@@ -4,21 +4,25 @@ dataset of a benchmark split).
 
 This is an analysis of the training signal, not a test-set number: it reads labels of *training* cases that the
 trainer never saw, and never touches the test set. Each case is predicted whole (nnU-Net's sliding-window
-predictor, no mirroring) by the checkpoint's teacher and VLM; the refined label is formed by training's rule
-(`fusion.refine_with_text`: argmax(softmax(teacher) + w * VLM vote)) before training's confidence cut, so that
-every pixel has a label to score.
+predictor, no mirroring) by the checkpoint's teacher and VLM; the refined label is formed by the pseudo-label rule
+stored in the checkpoint (`PseudoLabelRule`: fuse, refine) before its confidence cut, so that every pixel has a
+label to score.
 """
 import os
 from typing import Dict, List, Optional
 
 import numpy as np
 import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-
-def _dice(pred: np.ndarray, ref: np.ndarray, label: int) -> float:
-    p, r = pred == label, ref == label
-    denominator = p.sum() + r.sum()
-    return float(2 * (p & r).sum() / denominator) if denominator else float("nan")
+from nnunet_cps4.data.layout import UNLABELED_FOLDER, case_identifiers
+from nnunet_cps4.experiments.evaluation import ratio_summary, volume_ratio
+from nnunet_cps4.experiments.variants import trainer_class
+from nnunet_cps4.method.metrics import dice
+from nnunet_cps4.method.pseudo_labels import PseudoLabelRule
+from nnunet_cps4.nnunet.checkpoints import EXTRA_STATE_KEY, read_checkpoint, vlm_from_metadata
+from nnunet_cps4.nnunet.vlm_prediction import vlm_predictor, vlm_probabilities
 
 
 @torch.no_grad()
@@ -33,28 +37,20 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
     cases: {case id: [raw image files]}; references: {case id: raw label file}. Scores are computed in the
     preprocessed space of the model's configuration (labels resampled like nnU-Net's training labels).
     """
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from nnunet_cps4.experiments.evaluation import ratio_summary, volume_ratio
-    from nnunet_cps4.method.fusion import fuse_maps, refine_with_text
-    from nnunet_cps4.commands.pretrain_vlm import find_trainer_class
-    from nnunet_cps4.nnunet.trainers.vlm_pretraining import vlm_from_metadata
-    from nnunet_cps4.nnunet.vlm_prediction import vlm_predictor
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # heavy: only when predicting
 
     fold_folder = os.path.join(model_folder, f"fold_{fold}")
-    ckpt = torch.load(os.path.join(fold_folder, checkpoint), map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(os.path.join(fold_folder, checkpoint))
     # a supervised checkpoint (no teacher) is scored on its network: what a teacher would start from
-    state = ckpt.get("cps4_state") or {"teacher_weights": ckpt["network_weights"]}
-    trainer_class = find_trainer_class(ckpt["trainer_name"])
+    state = ckpt.get(EXTRA_STATE_KEY) or {"teacher_weights": ckpt["network_weights"]}
+    trainer = trainer_class(ckpt["trainer_name"])
     plans_manager = PlansManager(os.path.join(model_folder, "plans.json"))
     dataset_json = load_json(os.path.join(model_folder, "dataset.json"))
     configuration_name = ckpt["init_args"]["configuration"]
     configuration_manager = plans_manager.get_configuration(configuration_name)
     label_manager = plans_manager.get_label_manager(dataset_json)
     has_vlm = "vlm_metadata" in state  # a mean-teacher (or supervised) checkpoint: its teacher alone
-    teacher = trainer_class.build_network_architecture(plans_manager, configuration_manager,
+    teacher = trainer.build_network_architecture(plans_manager, configuration_manager,
                                                        len(dataset_json["channel_names"]),
                                                        label_manager.num_segmentation_heads, False)
     teacher.load_state_dict(state["teacher_weights"])
@@ -64,10 +60,10 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
     teacher_predictor.manual_initialization(teacher.to(device).eval(), plans_manager, configuration_manager, None,
                                             dataset_json, ckpt["trainer_name"], None)
     if has_vlm:  # the VLM exactly as the trainer used it (weights from the CPS4 checkpoint)
-        vlm = vlm_from_metadata(state["vlm_metadata"], state["vlm_weights"], plans_manager, configuration_manager)
+        vlm = vlm_from_metadata(state["vlm_metadata"], state["vlm_weights"], configuration_manager)
         text_predictor = vlm_predictor(vlm.to(device).eval(), plans_manager, configuration_manager, dataset_json,
                                        device)
-    settings = state.get("settings", {})
+    rule = PseudoLabelRule.from_settings(state.get("settings", {}))
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
 
     class_ids = list(label_manager.foreground_labels)
@@ -83,12 +79,9 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
         logits = teacher_predictor.predict_sliding_window_return_logits(data).float().cpu()
         labels = {"teacher": logits.argmax(0).numpy()}
         if has_vlm:
-            probs = text_predictor.predict_sliding_window_return_logits(data).float().cpu()[1:].clamp(0, 1)
-            y_text = fuse_maps(probs[None], settings["binarize_method"], settings["fixed_threshold"],
-                               settings["min_peak"])
-            _, refined = refine_with_text(torch.softmax(logits, 0)[None], y_text, probs[None],
-                                          settings["text_combination_weight"],
-                                          settings.get("text_silent_defers", False))
+            probs = vlm_probabilities(text_predictor, data)
+            y_text = rule.fuse(probs[None])
+            _, refined = rule.refine(torch.softmax(logits, 0)[None], probs[None], y_text)
             labels.update({"text": y_text[0].numpy(), "refined": refined[0, 0].numpy()})
             changed.append(float((labels["refined"] != labels["teacher"]).mean()))
             agreement.append(float((labels["text"] == labels["teacher"]).mean()))
@@ -96,7 +89,7 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
             volume[kind][case] = volume_ratio(lab, ref)
             for c in class_ids:
                 if (ref == c).any():
-                    scores[kind][c].append(_dice(lab, ref, c))
+                    scores[kind][c].append(dice(lab == c, ref == c))
     names = {v: k for k, v in dataset_json["labels"].items() if isinstance(v, int)}
     per_class = {kind: {names[c]: (float(np.mean(v)) if v else float("nan")) for c, v in s.items()}
                  for kind, s in scores.items()}
@@ -115,8 +108,6 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
 def unlabeled_cases_with_references(split_dataset: str, reference_labels_folder: str, file_ending: str,
                                     n_channels: int, limit: Optional[int] = None):
     """({case: [image files]}, {case: label file}) for the unlabeled cases of a dataset that have a reference."""
-    from nnunet_cps4.data.layout import UNLABELED_FOLDER, case_identifiers
-
     folder = os.path.join(split_dataset, UNLABELED_FOLDER)
     cases, refs = {}, {}
     for case in case_identifiers(folder, file_ending):

@@ -4,7 +4,7 @@ The VLM produces one similarity map per foreground class, ``sim`` of shape ``(B,
 ``sim[:, c] = <v_p, t_c> / tau`` (logits). Class channel ``c`` is label id ``c + 1`` of the dataset; background
 has no channel. ``*S`` is ``(H, W)`` for 2D and ``(D, H, W)`` for 3D.
 
-Two losses (DESIGN.md section 1, reconstructed from the paper's description):
+Two losses (reconstructed from the paper's description; docs/METHOD.md):
 
 * :func:`token_attention_loss` -- "concentrates the cross-modal attention map onto the target spine unit's
   binary mask region by maximizing the fraction of total attention mass falling within the foreground".

@@ -7,8 +7,8 @@ per foreground class; channel ``c`` is label id ``c + 1``, background has no cha
 1. :func:`binarize_maps` -- per (image, class) threshold (paper: Otsu) -> ``(B, C, *S)`` bool.
 2. :func:`fuse_binary_maps` -- where several classes fire, the class with the highest *normalised* score wins;
    where none fires, background 0; channel ``c`` -> label ``c + 1``.
-3. :func:`fuse_maps` = 1 + 2, the one call stage (ii) makes; :func:`labels_to_probabilities` one-hot encodes
-   the result for combining with the teacher's softmax.
+3. :func:`fuse_maps` = 1 + 2; :func:`labels_to_probabilities` one-hot encodes the result. How y_text is combined
+   with the teacher's prediction is the pseudo-label rule (`nnunet_cps4.method.pseudo_labels`).
 
 Everything runs batched in torch on the tensors' device and without autograd (the outputs are discrete).
 Bad arguments raise ``ValueError``.
@@ -245,38 +245,3 @@ def labels_to_probabilities(
             )
     onehot = torch.nn.functional.one_hot(fused.long(), num_classes_incl_bg)  # (B, *S, K)
     return onehot.movedim(-1, 1).to(dtype)
-
-
-@torch.no_grad()
-def text_probabilities(fused: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """The VLM's vote as class probabilities, (B, C + 1, *S), for refining the teacher's pseudo labels.
-
-    One entry per pixel is non-zero: the fused class k gets its own score p_k; a background pixel gets
-    1 - max_c p_c. Stage (ii) takes argmax(softmax(teacher) + w * this): where the VLM is confident it decides,
-    where it is unsure a confident teacher wins.
-    """
-    _check_scores(scores)
-    background = 1 - scores.max(dim=1, keepdim=True)[0]
-    stacked = torch.cat((background, scores), dim=1)
-    return labels_to_probabilities(fused, scores.shape[1] + 1, dtype=scores.dtype) * \
-        stacked.gather(1, fused.long().unsqueeze(1))
-
-
-def refine_with_text(teacher_probs: torch.Tensor, fused: torch.Tensor, scores: torch.Tensor, weight: float,
-                     silent_defers: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    """CPS4's refined pseudo label: argmax(softmax(teacher) + w * VLM vote), one rule for training and analysis.
-
-    teacher_probs (B, C + 1, *S); fused (B, *S) and scores (B, C, *S) as for `text_probabilities`. Returns
-    (the winning vote normalised to [0, 1] by 1 + w, (B, 1, *S); the refined labels, (B, 1, *S)).
-
-    silent_defers: where no class map fires (fused == 0) the VLM casts no vote and the teacher's label and
-    probability stand; by default such a pixel is a background vote of 1 - max_c p_c, which outvotes a teacher's
-    foreground wherever the VLM misses a structure.
-    """
-    vote, labels = (teacher_probs + weight * text_probabilities(fused, scores)).max(1, keepdim=True)
-    vote = vote / (1 + weight)
-    if silent_defers:
-        silent = (fused == 0).unsqueeze(1)
-        teacher_vote, teacher_labels = teacher_probs.max(1, keepdim=True)
-        vote, labels = torch.where(silent, teacher_vote, vote), torch.where(silent, teacher_labels, labels)
-    return vote, labels

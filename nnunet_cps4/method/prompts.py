@@ -287,3 +287,30 @@ def load_class_prompts(dataset_json: dict, raw_dataset_folder: Optional[str] = N
                         f"among the shipped prompt files {shipped}. Fix: give an existing path, a shipped name, "
                         f"or '{TEMPLATE_SOURCE}' for prompts built from the label names")
     return load_prompt_file(path, dataset_json)
+
+
+def load_dataset_prompts(dataset_json: dict, dataset_name: str) -> ClassPrompts:
+    """The class prompts of a planned dataset, as training uses them.
+
+    `dataset_json` is the copy nnU-Net's planning wrote to nnUNet_preprocessed (what the trainers read); relative
+    prompt-file paths are resolved against the raw dataset folder `$nnUNet_raw/<dataset_name>` when it exists. A
+    prompt setting changed in the raw dataset.json after planning is not silently ignored: a CPS4Error says so.
+    """
+    raw_root = os.environ.get("nnUNet_raw")
+    raw_folder = os.path.join(raw_root, dataset_name) if raw_root else None
+    if raw_folder is None or not os.path.isdir(raw_folder):
+        return load_class_prompts(dataset_json, None)
+    raw_json_path = os.path.join(raw_folder, "dataset.json")
+    try:
+        with open(raw_json_path, encoding="utf-8") as f:
+            raw_settings = _cps4_settings(json.load(f))
+    except (OSError, ValueError):
+        raw_settings = None  # an unreadable raw copy is nnU-Net's to report; training uses the planned copy
+    planned = _cps4_settings(dataset_json)
+    for key in (PROMPT_FILE_KEY, PROMPT_TEMPLATES_KEY):
+        if raw_settings is not None and raw_settings.get(key) != planned.get(key):
+            raise CPS4Error(f"{raw_json_path} sets '{CPS4_JSON_KEY}.{key}' to {raw_settings.get(key)!r}, but the "
+                            f"planned copy that training reads (nnUNet_preprocessed/{dataset_name}/dataset.json) has "
+                            f"{planned.get(key)!r}. Fix: copy the raw dataset.json over the planned one (the prompt "
+                            f"setting does not change preprocessing) or rerun nnUNetv2_plan_and_preprocess")
+    return load_class_prompts(dataset_json, raw_folder)

@@ -5,12 +5,13 @@
 - t_c: class embedding = trainable projection of the frozen text embedding of class c's prompts (computed once
   per run by `nnunet_cps4.method.text_encoders.class_text_embeddings` and stored here as a buffer, so a trained VLM
   needs no text encoder to run).
-- v_p: dense embedding of pixel/voxel p at the input's resolution from the vision branch:
-  * "plans" (default): a U-Net built from the dataset's nnU-Net plans (same family as the segmentation network,
-    its own weights; 2d and 3d configurations) whose last layer outputs `embed_dim` channels instead of classes;
-  * "vit" (the paper's choice, 2d only): a timm ViT whose patch tokens are projected to `embed_dim` and
-    upsampled bilinearly to the input size.
-  Random init (offline), or weights from a local file (`vision_weights`).
+- v_p: dense embedding of pixel/voxel p at the input's resolution from a vision branch (any module mapping
+  (B, c, *S) to (B, embed_dim, *S)), chosen by `VLMConfig.vision`:
+  * "plans" (default): a U-Net built from the dataset's nnU-Net plans (built in
+    `nnunet_cps4.nnunet.vlm_checkpoint`, the only place that knows nnU-Net), `embed_dim` output channels;
+  * "vit" (the paper's choice, 2d only): `ViTDense`, a timm ViT whose patch tokens are projected to
+    `embed_dim` and upsampled bilinearly to the input size.
+  Random init (offline), or weights from a local file (`vision_weights`, `load_vision_weights`).
 - exp(logit_scale) = 1/temperature is learnable (`learn_temperature`); the bias only matters for the
   pixel-level (sigmoid) loss — the token-level loss is a softmax over pixels and ignores it.
 
@@ -75,33 +76,15 @@ class ViTDense(nn.Module):
         return F.interpolate(self.head(grid), size=(h, w), mode="bilinear", align_corners=False)
 
 
-def build_vision_branch(config: VLMConfig, plans_manager, configuration_manager, num_input_channels: int
-                        ) -> nn.Module:
-    if config.vision == "plans":
-        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-
-        vision = get_network_from_plans(configuration_manager.network_arch_class_name,
-                                        configuration_manager.network_arch_init_kwargs,
-                                        configuration_manager.network_arch_init_kwargs_req_import,
-                                        num_input_channels, config.embed_dim, allow_init=True,
-                                        deep_supervision=False)
-    elif config.vision == "vit":
-        if len(configuration_manager.patch_size) != 2:
-            raise CPS4Error(f"VLMConfig.vision='vit' needs a 2d configuration (patch size "
-                            f"{configuration_manager.patch_size}). Fix: use vision='plans' for 3d")
-        vision = ViTDense(num_input_channels, config.embed_dim, configuration_manager.patch_size,
-                          config.vit_model, config.vit_patch_size)
-    else:
-        raise CPS4Error(f"VLMConfig.vision={config.vision!r} is unknown. Fix: choose one of {VISION_BRANCHES}")
-    if config.vision_weights:
-        try:
-            state = torch.load(config.vision_weights, map_location="cpu", weights_only=True)
-            vision.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-        except (OSError, RuntimeError, KeyError) as e:
-            raise CPS4Error(f"VLMConfig.vision_weights={config.vision_weights}: cannot load it into the "
-                            f"{config.vision} vision branch ({e}). Fix: give a state_dict file saved from the "
-                            f"same architecture") from None
-    return vision
+def load_vision_weights(vision: nn.Module, config: VLMConfig) -> None:
+    """Load `config.vision_weights` (a local state_dict file) into a vision branch, or a CPS4Error."""
+    try:
+        state = torch.load(config.vision_weights, map_location="cpu", weights_only=True)
+        vision.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    except (OSError, RuntimeError, KeyError) as e:
+        raise CPS4Error(f"VLMConfig.vision_weights={config.vision_weights}: cannot load it into the "
+                        f"{config.vision} vision branch ({e}). Fix: give a state_dict file saved from the "
+                        f"same architecture") from None
 
 
 class ClassPromptVLM(nn.Module):
@@ -133,12 +116,6 @@ class ClassPromptVLM(nn.Module):
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """sigmoid(s), (B, C, *S): the per-class maps that are binarised and fused."""
         return torch.sigmoid(self.forward(x).float())
-
-
-def build_vlm(config: VLMConfig, plans_manager, configuration_manager, num_input_channels: int,
-              text_features: torch.Tensor) -> ClassPromptVLM:
-    return ClassPromptVLM(build_vision_branch(config, plans_manager, configuration_manager, num_input_channels),
-                          text_features, config)
 
 
 def random_text_features(num_classes: int, dim: int, seed: int = 0) -> torch.Tensor:

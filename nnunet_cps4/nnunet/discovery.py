@@ -10,7 +10,6 @@ or at site-packages (nnU-Net would import everything there).
 `nnUNetv2_cps4_ext_trainer_path` prints that folder; `--export` prints a shell line that appends it to whatever
 `nnUNet_extTrainer` already holds, so a user's own trainer folders keep working beside ours.
 """
-import argparse
 import os
 from typing import Optional, Sequence
 
@@ -18,25 +17,13 @@ ENV_VAR = "nnUNet_extTrainer"
 EXT_TRAINER_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ext_trainers")
 
 
-def ext_trainer_value(current: Optional[str] = None) -> str:
-    """`nnUNet_extTrainer` value with our folder appended to `current` (default: the environment's)."""
+def ext_trainer_value(current: Optional[str] = None, folders: Sequence[str] = (EXT_TRAINER_FOLDER,)) -> str:
+    """`nnUNet_extTrainer` value with `folders` (default: the public trainers' folder) appended to `current`
+    (default: the environment's value), each once."""
     if current is None:
         current = os.environ.get(ENV_VAR, "")
     entries = [p for p in current.split(os.pathsep) if p.strip()]
-    if not any(os.path.abspath(p) == EXT_TRAINER_FOLDER for p in entries):
-        entries.append(EXT_TRAINER_FOLDER)
+    for folder in folders:
+        if not any(os.path.abspath(p) == folder for p in entries):
+            entries.append(folder)
     return os.pathsep.join(entries)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="nnUNetv2_cps4_ext_trainer_path",
-        description="Print the folder to add to nnUNet_extTrainer so that nnUNetv2_train/nnUNetv2_predict find "
-                    "the nnunet-cps4 trainers. Typical use: eval \"$(nnUNetv2_cps4_ext_trainer_path --export)\"")
-    parser.add_argument("--export", action="store_true",
-                        help="print 'export nnUNet_extTrainer=...' with our folder appended to the current value")
-    args = parser.parse_args(argv)
-    if args.export:
-        print(f"export {ENV_VAR}='{ext_trainer_value()}'")
-    else:
-        print(EXT_TRAINER_FOLDER)

@@ -5,29 +5,47 @@ Raw images live in `nnUNet_raw/DatasetXXX/imagesUnlabeled/` (same naming and cha
 ignores that folder, so its fingerprint, plans and cross-validation splits stay labeled-only. We preprocess the
 images exactly the way inference does (`preprocessor.run_case_save(out, files, None, ...)`) into a sibling of
 the configuration's preprocessed folder, e.g. `nnUNet_preprocessed/DatasetXXX/nnUNetPlans_2d_unlabeled/` — never
-inside `nnUNetPlans_2d/`, where nnU-Net's do_split would put the cases into folds. A manifest (a hash of the
-plans settings that shape preprocessing + name, size and mtime of every input file) makes changed plans or
-added, removed or edited images trigger re-preprocessing of what changed.
+inside `nnUNetPlans_2d/`, where nnU-Net's do_split would put the cases into folds. The raw data is only read.
+
+Preprocessing is idempotent and recovers from any interruption:
+- A manifest holds a hash of the plans settings that shape preprocessing and, per case, the name, size and
+  mtime_ns of its input files. A case is entered only once its outputs are complete and in place, so a case that
+  is missing from the manifest, or whose files changed, is redone; changed plans redo everything. (No content
+  hash: it would read every image on every run; an edit that keeps size and mtime_ns is not detected.)
+- Each case is preprocessed into a hidden temporary folder inside the output folder; then the case's old outputs
+  are removed and the new files are moved into place (os.replace, the .pkl last). A kill at any moment leaves
+  the old complete case or a case without manifest entry (redone next run); leftover temporary folders and
+  outputs of removed cases are cleaned up at the start of the next run.
+- A lock file in the output folder serialises concurrent runs (e.g. several folds starting at once).
+- Before any case is preprocessed, every new or changed image is read once with the plans' reader and checked
+  (see `check_unlabeled_case`); unchanged cases are not read again.
 """
-import argparse
 import hashlib
 import json
 import multiprocessing
 import os
 import re
 import shutil
-from time import sleep
-from typing import Dict, List, Optional, Sequence
+import tempfile
+from contextlib import contextmanager
+from time import monotonic, sleep
+from typing import Dict, List
 
 from batchgenerators.utilities.file_and_folder_operations import load_json, load_pickle, write_pickle
 from tqdm import tqdm
 
-from nnunet_cps4.commands.cli import run_cli
-from nnunet_cps4.data.layout import UNLABELED_FOLDER, case_identifiers, require_env_folder, resolve_dataset_name
+from nnunet_cps4.data.layout import UNLABELED_FOLDER, case_identifiers, require_env_folder
 from nnunet_cps4.errors import CPS4Error
+from nnunet_cps4.nnunet.unlabeled_checks import (file_stamps, error_summary, check_unlabeled_case,
+                                                 labeled_geometry_reference)
 
 MANIFEST_FILE = "cps4_unlabeled_manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: entries are written only for complete cases (version 1 caches are rebuilt once)
+LOCK_FILE = ".cps4_lock"
+TEMP_PREFIX = ".cps4_tmp_"  # temporary per-case folders and the manifest being written; removed on the next run
+CASE_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl", ".npz", ".npy", "_seg.npy")  # what nnU-Net writes per case
+COMPLETE_CASE_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")  # what run_case_save leaves for a finished case
+MANIFEST_WRITE_INTERVAL_S = 2.0
 PREPROCESSING_KEYS = ("data_identifier", "preprocessor_name", "spacing", "patch_size", "normalization_schemes",
                       "use_mask_for_norm", "resampling_fn_data", "resampling_fn_data_kwargs", "resampling_fn_seg",
                       "resampling_fn_seg_kwargs")
@@ -42,8 +60,9 @@ def collect_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict) -> Dict
     """{case id: [channel files in channel order]} for `imagesUnlabeled/`, after checking every file name.
 
     Raises CPS4Error (naming the file and the fix) for: missing or empty folder, a file with the wrong ending or
-    without the `_XXXX` channel suffix, missing or extra channels, and a case id that is also a labeled (imagesTr)
-    or test (imagesTs) case.
+    without the `_XXXX` channel suffix, a case id ending in `_seg`, missing or extra channels, and a case id that
+    is also a labeled (imagesTr) or test (imagesTs) case. File names only: the content is checked by
+    `check_unlabeled_case`.
     """
     folder = os.path.join(raw_dataset_folder, UNLABELED_FOLDER)
     file_ending = dataset_json["file_ending"]
@@ -65,6 +84,9 @@ def collect_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict) -> Dict
         m = _CHANNEL_SUFFIX.match(name[:-len(file_ending)])
         if m is None:
             raise CPS4Error(f"{path} has no channel suffix. Fix: rename it; {layout_hint}")
+        if m.group("case").endswith("_seg"):
+            raise CPS4Error(f"{path}: a case id ending in '_seg' clashes with nnU-Net's name for preprocessed "
+                            f"segmentations (<case>_seg.b2nd), so nnU-Net would skip the case. Fix: rename it")
         channel = int(m.group("channel"))
         if channel >= n_channels:
             raise CPS4Error(f"{path} is channel {channel}, but dataset.json lists {n_channels} channel(s) "
@@ -104,55 +126,138 @@ def plans_fingerprint(plans_manager, configuration_manager, dataset_json: dict) 
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _file_stamps(files: List[str]) -> List[list]:
-    return [[os.path.basename(f), os.path.getsize(f), os.stat(f).st_mtime_ns] for f in files]
+# ---------------------------------------------------------------------------------------------------------------
+# the output folder
 
 
-def _check_header(path: str) -> None:
-    """One channel per file, at most 3 spatial dimensions (read from the header only).
-
-    Files SimpleITK cannot parse are left to the dataset's own reader, which reports them when preprocessing.
-    """
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
+def _preprocess_case_to_temp(preprocessor, out_folder: str, case: str, files: List[str], plans_manager,
+                             configuration_manager, dataset_json: dict) -> str:
+    """Preprocess one case the way inference does into a new hidden folder in out_folder; return that folder."""
+    tmp = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{case}_", dir=out_folder)
     try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return
-    n_components, dimension = reader.GetNumberOfComponents(), reader.GetDimension()
-    n_read = n_components * (reader.GetSize()[-1] if dimension == 4 else 1)
-    if n_read != 1 or dimension > 4:
-        raise CPS4Error(f"{path}: holds {n_read} channel(s) ({dimension}D, {n_components} component(s) per "
-                        f"voxel), but every image file must hold one channel. Fix: store one channel per file "
-                        f"(<case>_0000, <case>_0001, ...) as in imagesTr and list them in dataset.json channel_names")
-
-
-def _preprocess_case(preprocessor, output_truncated: str, files: List[str], plans_manager, configuration_manager,
-                     dataset_json: dict) -> None:
-    """Preprocess one unlabeled case the way inference does; any reader failure names the files."""
-    for f in files:
-        _check_header(f)
-    try:
-        preprocessor.run_case_save(output_truncated, files, None, plans_manager, configuration_manager,
-                                   dataset_json)
-    except Exception as e:  # the readers raise all sorts of types for corrupt files
-        raise CPS4Error(f"{', '.join(files)}: could not be read/preprocessed ({type(e).__name__}: {e}). "
-                        f"Fix: replace the file(s) with a readable image or remove the case from "
-                        f"{UNLABELED_FOLDER}/") from None
-    properties = load_pickle(output_truncated + ".pkl")
-    # the data loader reads class_locations; an unlabeled case has none (and is never oversampled)
-    properties["class_locations"] = {}
-    properties["cps4_unlabeled"] = True
-    write_pickle(properties, output_truncated + ".pkl")
+        truncated = os.path.join(tmp, case)
+        try:
+            preprocessor.run_case_save(truncated, files, None, plans_manager, configuration_manager, dataset_json)
+        except Exception as e:  # the readers raise all sorts of types for corrupt files
+            raise CPS4Error(f"{', '.join(files)}: could not be read/preprocessed ({error_summary(e)}). Fix: replace "
+                            f"the file(s) with a readable image or remove the case from {UNLABELED_FOLDER}/") \
+                from None
+        properties = load_pickle(truncated + ".pkl")
+        # the data loader reads class_locations; an unlabeled case has none (and is never oversampled)
+        properties["class_locations"] = {}
+        properties["cps4_unlabeled"] = True
+        write_pickle(properties, truncated + ".pkl")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
 
 
 def _remove_case(folder: str, case: str) -> None:
-    for suffix in (".b2nd", "_seg.b2nd", ".pkl", ".npz", ".npy", "_seg.npy"):
+    for suffix in CASE_SUFFIXES:
         path = os.path.join(folder, case + suffix)
         if os.path.isfile(path):
             os.remove(path)
+
+
+def _install_case(out_folder: str, case: str, tmp: str) -> None:
+    """Replace the case's outputs by the files in tmp: old outputs first removed, the .pkl moved last."""
+    names = sorted(os.listdir(tmp), key=lambda n: n.endswith(".pkl"))
+    _remove_case(out_folder, case)
+    for name in names:
+        os.replace(os.path.join(tmp, name), os.path.join(out_folder, name))
+    os.rmdir(tmp)
+
+
+def _case_complete(out_folder: str, case: str) -> bool:
+    return all(os.path.isfile(os.path.join(out_folder, case + s)) for s in COMPLETE_CASE_SUFFIXES)
+
+
+def _remove_path(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def _remove_leftovers(out_folder: str, cases) -> None:
+    """Temporary folders/files of interrupted runs, and the outputs of cases no longer in imagesUnlabeled/."""
+    for name in os.listdir(out_folder):
+        if name.startswith(TEMP_PREFIX):
+            _remove_path(os.path.join(out_folder, name))
+        elif name not in (MANIFEST_FILE, LOCK_FILE):
+            owners = [name[:-len(s)] for s in CASE_SUFFIXES if name.endswith(s)]
+            if owners and not any(o in cases for o in owners):
+                _remove_path(os.path.join(out_folder, name))
+
+
+def _clear_folder(out_folder: str) -> None:
+    """Everything but the lock; the manifest goes first so an interrupted clear leaves nothing marked done."""
+    manifest = os.path.join(out_folder, MANIFEST_FILE)
+    if os.path.isfile(manifest):
+        os.remove(manifest)
+    for name in os.listdir(out_folder):
+        if name != LOCK_FILE:
+            _remove_path(os.path.join(out_folder, name))
+
+
+def _load_manifest(path: str) -> dict:
+    try:
+        manifest = load_json(path)
+    except (OSError, ValueError):  # missing, or cut short by an older version
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _write_json_atomic(path: str, obj: dict) -> None:
+    tmp = os.path.join(os.path.dirname(path), TEMP_PREFIX + os.path.basename(path))
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _folder_lock(out_folder: str):
+    """An exclusive lock on out_folder for this process (released automatically if it dies); none on Windows."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(os.path.join(out_folder, LOCK_FILE), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"Waiting for another process that is preprocessing unlabeled images into {out_folder} ...")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks: go on without
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run_in_pool(pool, function, arg_list, desc: str, verbose: bool, on_result) -> None:
+    """nnU-Net's DefaultPreprocessor.run pattern: async jobs, progress bar, dead-worker detection. A CPS4Error in
+    a worker is raised here again as a plain CPS4Error (one line, no remote traceback)."""
+    workers = list(pool._pool)
+    results = [pool.apply_async(function, a) for a in arg_list]
+    remaining = set(range(len(results)))
+    with tqdm(total=len(results), desc=desc, disable=not verbose) as bar:
+        while remaining:
+            if not all(w.is_alive() for w in workers):
+                raise RuntimeError("A preprocessing worker died (out of memory?). Try fewer processes (-np).")
+            for i in sorted(i for i in remaining if results[i].ready()):
+                try:
+                    value = results[i].get()
+                except CPS4Error as e:
+                    raise CPS4Error(str(e)) from None
+                remaining.discard(i)
+                on_result(i, value)
+                bar.update()
+            sleep(0.05)
 
 
 def preprocess_unlabeled(plans_manager, configuration_manager, configuration_name: str, dataset_json: dict,
@@ -160,70 +265,85 @@ def preprocess_unlabeled(plans_manager, configuration_manager, configuration_nam
                          num_processes: int = 2, verbose: bool = True) -> str:
     """Bring `<data_identifier>_unlabeled/` up to date with imagesUnlabeled/ and the plans; return its path.
 
-    Only what the manifest says is missing or stale is preprocessed: everything after a plans change, otherwise
-    the added or edited cases (removed cases are deleted from the output).
+    Only what the manifest says is missing, incomplete or stale is done: everything after a plans change,
+    otherwise the added, edited (other size or mtime) or unfinished cases; removed cases are deleted from the
+    output. The new or changed images are first all checked (`check_unlabeled_case`, against the labeled images
+    in imagesTr), then preprocessed; see the module docstring for how interruptions are survived. Raw data is
+    only read.
     """
     cases = collect_unlabeled_cases(raw_dataset_folder, dataset_json)
     out_folder = os.path.join(preprocessed_dataset_folder_base,
                               unlabeled_folder_name(configuration_manager.data_identifier))
+    os.makedirs(out_folder, exist_ok=True)
+    with _folder_lock(out_folder):
+        return _preprocess_unlabeled_locked(cases, out_folder, plans_manager, configuration_manager,
+                                            configuration_name, dataset_json, raw_dataset_folder, num_processes,
+                                            verbose)
+
+
+def _preprocess_unlabeled_locked(cases: Dict[str, List[str]], out_folder: str, plans_manager, configuration_manager,
+                                 configuration_name: str, dataset_json: dict, raw_dataset_folder: str,
+                                 num_processes: int, verbose: bool) -> str:
     manifest_path = os.path.join(out_folder, MANIFEST_FILE)
     fingerprint = plans_fingerprint(plans_manager, configuration_manager, dataset_json)
-    stamps = {case: _file_stamps(files) for case, files in cases.items()}
+    stamps = {case: file_stamps(files) for case, files in cases.items()}
 
-    old = {}
-    if os.path.isfile(manifest_path):
-        old = load_json(manifest_path)
+    old = _load_manifest(manifest_path)
+    reference = old.get("labeled_reference")
     if old.get("version") != MANIFEST_VERSION or old.get("plans_fingerprint") != fingerprint:
-        if os.path.isdir(out_folder):
-            shutil.rmtree(out_folder)
+        _clear_folder(out_folder)
         old = {}
-    os.makedirs(out_folder, exist_ok=True)
+    _remove_leftovers(out_folder, cases)
     old_cases = old.get("cases", {})
-    for case in set(old_cases) - set(cases):
-        _remove_case(out_folder, case)
-    todo = [c for c in cases if old_cases.get(c) != stamps[c]
-            or not os.path.isfile(os.path.join(out_folder, c + ".pkl"))]
+    done = {c: stamps[c] for c in cases if old_cases.get(c) == stamps[c] and _case_complete(out_folder, c)}
+    todo = [c for c in cases if c not in done]
 
-    def write_manifest(done_cases):
-        manifest = {"version": MANIFEST_VERSION, "configuration": configuration_name,
-                    "plans_name": plans_manager.plans_name, "plans_fingerprint": fingerprint,
-                    "raw_folder": os.path.join(raw_dataset_folder, UNLABELED_FOLDER),
-                    "cases": {c: stamps[c] for c in done_cases}}
-        with open(manifest_path, "w") as f:
-            json.dump(manifest, f, indent=1)
+    def manifest():
+        return {"version": MANIFEST_VERSION, "configuration": configuration_name,
+                "plans_name": plans_manager.plans_name, "plans_fingerprint": fingerprint,
+                "raw_folder": os.path.join(raw_dataset_folder, UNLABELED_FOLDER),
+                "labeled_reference": reference, "cases": dict(done)}
 
+    # the cases to redo lose their entry before any of their files is touched
+    if manifest() != old:
+        _write_json_atomic(manifest_path, manifest())
     if not todo:
         if verbose:
             print(f"Unlabeled images up to date: {len(cases)} case(s) in {out_folder}")
         return out_folder
 
-    # mark the todo cases as not done before starting, so an interrupted run redoes them
-    write_manifest([c for c in cases if c not in todo])
+    reader_class = plans_manager.image_reader_writer_class
+    reference = labeled_geometry_reference(raw_dataset_folder, dataset_json, reader_class, cached=reference)
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
-    args = [(preprocessor, os.path.join(out_folder, c), cases[c], plans_manager, configuration_manager,
-             dataset_json) for c in todo]
+    check_args = [(cases[c], reader_class, reference) for c in todo]
+    preprocess_args = [(preprocessor, out_folder, c, cases[c], plans_manager, configuration_manager, dataset_json)
+                       for c in todo]
+    check_desc = f"Checking {len(todo)} new or changed unlabeled case(s)"
     desc = f"Preprocessing {len(todo)} unlabeled case(s) ({configuration_name})"
-    if num_processes <= 1:
-        for a in tqdm(args, desc=desc, disable=not verbose):
-            _preprocess_case(*a)
-    else:
-        # same pattern as nnU-Net's DefaultPreprocessor.run: spawn pool, progress bar, dead-worker detection
-        with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
-            workers = list(pool._pool)
-            results = [pool.starmap_async(_preprocess_case, (a,)) for a in args]
-            remaining = set(range(len(results)))
-            with tqdm(total=len(results), desc=desc, disable=not verbose) as bar:
-                while remaining:
-                    if not all(w.is_alive() for w in workers):
-                        raise RuntimeError("A preprocessing worker died (out of memory?). Try fewer processes "
-                                           "(-np).")
-                    done = [i for i in remaining if results[i].ready()]
-                    for i in done:
-                        results[i].get()
-                        bar.update()
-                    remaining -= set(done)
-                    sleep(0.05)
-    write_manifest(list(cases))
+    last_write = monotonic()
+
+    def install(i: int, tmp: str) -> None:
+        nonlocal last_write
+        _install_case(out_folder, todo[i], tmp)
+        done[todo[i]] = stamps[todo[i]]
+        if monotonic() - last_write >= MANIFEST_WRITE_INTERVAL_S:
+            _write_json_atomic(manifest_path, manifest())
+            last_write = monotonic()
+
+    try:
+        if num_processes <= 1:
+            for a in tqdm(check_args, desc=check_desc, disable=not verbose):
+                check_unlabeled_case(*a)
+            for i, a in enumerate(tqdm(preprocess_args, desc=desc, disable=not verbose)):
+                install(i, _preprocess_case_to_temp(*a))
+        else:
+            # every image is checked before any case is preprocessed
+            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(todo))) as pool:
+                _run_in_pool(pool, check_unlabeled_case, check_args, check_desc, verbose, lambda i, r: None)
+                _run_in_pool(pool, _preprocess_case_to_temp, preprocess_args, desc, verbose, install)
+    finally:
+        # what finished stays done, also when a later case failed or the run was interrupted
+        _write_json_atomic(manifest_path, manifest())
     return out_folder
 
 
@@ -244,43 +364,6 @@ def ensure_unlabeled_preprocessed(plans_manager, configuration_manager, configur
                         f"{plans_manager.dataset_name}")
     return preprocess_unlabeled(plans_manager, configuration_manager, configuration_name, dataset_json,
                                 raw_dataset_folder, preprocessed_base, num_processes)
-
-
-def _main(argv: Optional[Sequence[str]] = None) -> None:
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    parser = argparse.ArgumentParser(
-        prog="nnUNetv2_cps4_preprocess_unlabeled",
-        description=f"Preprocess nnUNet_raw/DatasetXXX/{UNLABELED_FOLDER}/ with the plans' own preprocessor into "
-                    f"nnUNet_preprocessed/DatasetXXX/<plans>_<configuration>_unlabeled/. Run after "
-                    f"nnUNetv2_plan_and_preprocess; semi-supervised trainers also run it at start when needed.")
-    parser.add_argument("-d", required=True, help="dataset id or name")
-    parser.add_argument("-c", nargs="+", default=["2d"], help="configuration(s), default 2d")
-    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier, default nnUNetPlans")
-    parser.add_argument("-np", type=int, default=int(os.environ.get("nnUNet_def_n_proc", 2)),
-                        help="number of processes (default $nnUNet_def_n_proc or 2)")
-    args = parser.parse_args(argv)
-
-    name = resolve_dataset_name(args.d)
-    preprocessed_base = os.path.join(require_env_folder("nnUNet_preprocessed"), name)
-    plans_file = os.path.join(preprocessed_base, args.p + ".json")
-    if not os.path.isfile(plans_file):
-        raise CPS4Error(f"{plans_file} not found. Fix: run nnUNetv2_plan_and_preprocess -d {args.d} first "
-                        f"(or pass the right plans identifier with -p)")
-    plans_manager = PlansManager(plans_file)
-    dataset_json = load_json(os.path.join(preprocessed_base, "dataset.json"))
-    raw_dataset_folder = os.path.join(require_env_folder("nnUNet_raw"), name)
-    for configuration in args.c:
-        if configuration not in plans_manager.available_configurations:
-            raise CPS4Error(f"configuration {configuration!r} is not in {plans_file} "
-                            f"(available: {plans_manager.available_configurations}). Fix: choose one of those")
-        out = preprocess_unlabeled(plans_manager, plans_manager.get_configuration(configuration), configuration,
-                                   dataset_json, raw_dataset_folder, preprocessed_base, args.np)
-        print(f"{configuration}: unlabeled images ready in {out}")
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    run_cli(_main, argv)
 
 
 def build_unlabeled_dataloader(folder: str, dataset_class, batch_size: int, initial_patch_size, patch_size,

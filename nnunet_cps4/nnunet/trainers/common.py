@@ -1,6 +1,7 @@
-"""Plumbing shared by the plugin's trainers: extra checkpoint state, extra logged keys, the optimizer step."""
+"""Plumbing shared by the plugin's trainers: unwrapping the network, extra logged keys, the optimizer step, the
+fold guard. (The checkpoint format is `nnunet_cps4.nnunet.checkpoints`.)"""
 import os
-from typing import Iterable, List, Optional
+from typing import Iterable, List
 
 import numpy as np
 import torch
@@ -8,7 +9,7 @@ from torch import distributed as dist
 from torch import nn
 from torch._dynamo import OptimizedModule
 
-EXTRA_CHECKPOINT_KEY = "cps4_state"
+from nnunet_cps4.errors import CPS4Error
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -53,51 +54,25 @@ def backward_and_step(trainer, loss: torch.Tensor) -> None:
         trainer.optimizer.step()
 
 
-class ExtraCheckpointStateMixin:
-    """Keeps nnU-Net's checkpoint contract and adds the trainer's own state under `cps4_state`.
-
-    `network_weights` stays what nnU-Net's `save_checkpoint` writes (the network alone), so the stock predictor
-    loads it strictly. Subclasses implement `extra_checkpoint_state()` and `load_extra_checkpoint_state(state)`
-    (state is None for a checkpoint that has no such key).
-    """
-
-    def extra_checkpoint_state(self) -> dict:
-        raise NotImplementedError
-
-    def load_extra_checkpoint_state(self, state: Optional[dict]) -> None:
-        raise NotImplementedError
-
-    def save_checkpoint(self, filename: str) -> None:
-        # nnU-Net builds and writes its checkpoint dict in one go; we add our state to the file it wrote rather
-        # than copy its checkpoint code (one extra load/save of a few MB, only when a checkpoint is written).
-        super().save_checkpoint(filename)
-        if self.local_rank == 0 and not self.disable_checkpointing:
-            checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
-            checkpoint[EXTRA_CHECKPOINT_KEY] = self.extra_checkpoint_state()
-            torch.save(checkpoint, filename)
-
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
-            torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
-        self.load_extra_checkpoint_state(checkpoint.get(EXTRA_CHECKPOINT_KEY))
-
-
 class FoldGuardMixin:
     """A clear error instead of scikit-learn's when a fold is asked of fewer labeled cases than folds.
 
     Semi-supervised datasets often have 2-4 labeled cases; nnU-Net's default 5-fold split cannot be made then.
+    `check_fold` runs before any work (CPS4 calls it before stage (i), so the message names the trainer the user
+    ran) and again in `do_split`.
     """
 
-    def do_split(self):
-        from nnunet_cps4.errors import CPS4Error
+    def check_fold(self) -> None:
+        if self.fold == "all":
+            return
+        splits_file = os.path.join(self.preprocessed_dataset_folder_base, "splits_final.json")
+        n_labeled = len(self.dataset_class.get_identifiers(self.preprocessed_dataset_folder))
+        if not os.path.isfile(splits_file) and n_labeled < 5:
+            raise CPS4Error(
+                f"{self.plans_manager.dataset_name} has {n_labeled} labeled case(s), too few for nnU-Net's "
+                f"5-fold cross-validation (fold {self.fold}). Fix: use fold 'all' (all labeled cases, e.g. "
+                f"nnUNetv2_train ... 2d all -tr {self.__class__.__name__}) or write your own {splits_file}")
 
-        if self.fold != "all":
-            splits_file = os.path.join(self.preprocessed_dataset_folder_base, "splits_final.json")
-            n_labeled = len(self.dataset_class.get_identifiers(self.preprocessed_dataset_folder))
-            if not os.path.isfile(splits_file) and n_labeled < 5:
-                raise CPS4Error(
-                    f"{self.plans_manager.dataset_name} has {n_labeled} labeled case(s), too few for nnU-Net's "
-                    f"5-fold cross-validation (fold {self.fold}). Fix: use fold 'all' (all labeled cases, e.g. "
-                    f"nnUNetv2_train ... 2d all -tr {self.__class__.__name__}) or write your own {splits_file}")
+    def do_split(self):
+        self.check_fold()
         return super().do_split()

@@ -1,47 +1,49 @@
 """`nnUNetTrainerCPS4`: CPS4 stage (ii) — the mean teacher with pseudo labels refined by the class-prompt VLM.
 
 For every unlabeled batch (the same augmented batch the student sees, so the maps follow its spatial
-augmentation by construction):
-  1. the frozen stage-(i) VLM gives per-class probability maps p_c = sigmoid(s_c);
-  2. each map is binarised (Otsu per image and class by default) and the binary maps are fused into one label map
-     y_text (overlaps: highest normalised score; nothing fires: background) — `nnunet_cps4.method.fusion.fuse_maps`;
-  3. the combined pseudo label is argmax(softmax(teacher) + w * q_text), with q_text the VLM's vote as class
-     probabilities (`fusion.text_probabilities`): where the VLM is confident it decides, where it is unsure a
-     confident teacher wins (reconstruction of the predecessor code's argmax(softmax(teacher) + text probs));
-     pixels whose normalised vote max / (1 + w) is below pseudo_label_threshold are left unsupervised;
-  4. loss = supervised + lambda(t) * [text_loss_weight * L(student, y_text)
+augmentation by construction) the pseudo-label rule (`nnunet_cps4.method.pseudo_labels.PseudoLabelRule`) runs:
+  1. the frozen stage-(i) VLM gives per-class probability maps p_c = sigmoid(s_c), binarised (Otsu per image
+     and class by default) and fused into one label map y_text;
+  2. the combined pseudo label is argmax(softmax(teacher) + w * VLM vote): where the VLM is confident it
+     decides, where it is unsure a confident teacher wins (reconstruction of the predecessor code's
+     argmax(softmax(teacher) + text probs)); pixels whose normalised vote is below the rule's confidence
+     threshold are left unsupervised;
+  3. loss = supervised + lambda(t) * [text_loss_weight * L(student, y_text)
                                       + combined_loss_weight * L(student, combined)],
      L = nnU-Net's Dice+CE with deep supervision and an ignore value (by default its CE alone, Dice weight 0;
      pixels where no class map fires are unsupervised in L(student, y_text)), lambda(t) the mean teacher's ramp.
 
-Stage (i) runs first when the fold has no VLM checkpoint (`vlm_trainer_name` names the stage-(i) trainer, so
+Stage (i) runs first when the fold has no VLM checkpoint (`vlm_trainer_class` is the stage-(i) trainer, so
 ablations such as `_noTokenLoss` use a VLM trained without that loss); an existing checkpoint is checked against
-this run's dataset, plans, classes, prompts and text encoder. The VLM's weights and metadata are copied into
-every CPS4 checkpoint, so `--c` resumes with the identical VLM. Inference uses the student alone: the stock
-predictor, no overhead.
+this run's dataset, plans, fold, classes, prompts and text encoder. The unlabeled images are checked and
+preprocessed before stage (i), so a bad dataset fails before an hour of VLM training. The VLM's weights and
+metadata are copied into every CPS4 checkpoint, so `--c` resumes with the identical VLM. Inference uses the
+student alone: the stock predictor, no overhead.
 """
 import os
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from torch import distributed as dist
 
-from nnunet_cps4.nnunet.trainers.mean_teacher import LabeledWarmupMixin, nnUNetTrainerMeanTeacher
+from nnunet_cps4.method.metrics import dice
+from nnunet_cps4.method.prompts import load_dataset_prompts
+from nnunet_cps4.method.text_encoders import resolve_text_encoder_spec
+from nnunet_cps4.nnunet.checkpoints import check_vlm_metadata, load_vlm, vlm_from_metadata, vlm_output_folder
+from nnunet_cps4.nnunet.trainers.mean_teacher import nnUNetTrainerMeanTeacher
+from nnunet_cps4.nnunet.trainers.vlm_pretraining import (nnUNetTrainerCPS4VLM, nnUNetTrainerCPS4VLM_noPixelLoss,
+                                                         nnUNetTrainerCPS4VLM_noTokenLoss,
+                                                         nnUNetTrainerCPS4VLM_randomText, run_stage1)
 
 
 class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
     # --- CPS4 settings; variants override these class attributes ------------------------------------------
-    vlm_trainer_name: str = "nnUNetTrainerCPS4VLM"
+    vlm_trainer_class: type = nnUNetTrainerCPS4VLM
     use_text: bool = True                  # False: plain mean teacher (the _noText ablation)
     text_loss_weight: float = 1.0          # weight of L(student, y_text)
     combined_loss_weight: float = 1.0      # weight of L(student, combined pseudo label)
-    text_combination_weight: float = 1.0   # w in argmax(softmax(teacher) + w * q_text)
-    text_silent_ignored: bool = True       # pixels where no class map fires: unsupervised in L(student, y_text)
-    text_silent_defers: bool = False       # ... and in the refinement the teacher alone decides there
-    binarize_method: str = "otsu"          # "otsu" | "fixed"
-    fixed_threshold: float = 0.5
-    min_peak: float = 0.5                  # a class map whose peak is below this fires nowhere
     labeled_stats_every: int = 5           # VLM Dice on the labeled batch every N steps (costs a VLM pass)
     panel_every: int = 10                  # PNG panels of unlabeled cases every N epochs (and the last)
     num_panel_cases: int = 3
@@ -56,72 +58,54 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
         self._restored_vlm_state: Optional[dict] = None
 
     def ssl_settings(self) -> dict:
-        settings = super().ssl_settings()
-        settings.update({k: getattr(self, k) for k in (
-            "vlm_trainer_name", "use_text", "text_loss_weight", "combined_loss_weight", "text_combination_weight",
-            "text_silent_ignored", "text_silent_defers", "binarize_method", "fixed_threshold", "min_peak")})
-        return settings
+        return {**super().ssl_settings(), "vlm_trainer": self.vlm_trainer_class.__name__,
+                **{k: getattr(self, k) for k in ("use_text", "text_loss_weight", "combined_loss_weight")}}
 
     # --- the VLM -------------------------------------------------------------------------------------------
     def expected_vlm_metadata(self) -> dict:
-        """What a usable stage-(i) checkpoint must say about itself (see vlm_pretraining.METADATA_MUST_MATCH)."""
-        from nnunet_cps4.method.prompts import load_class_prompts
-        from nnunet_cps4.method.text_encoders import resolve_text_encoder_spec
-        from nnunet_cps4.commands.pretrain_vlm import find_trainer_class
-
-        vlm_class = find_trainer_class(self.vlm_trainer_name)
-        raw_root = os.environ.get("nnUNet_raw")
-        raw_folder = os.path.join(raw_root, self.plans_manager.dataset_name) if raw_root else None
-        prompts = load_class_prompts(self.dataset_json, raw_folder if raw_folder and os.path.isdir(raw_folder)
-                                     else None)
-        return {"vlm_trainer": self.vlm_trainer_name, "dataset": self.plans_manager.dataset_name,
+        """What a usable stage-(i) checkpoint must say about itself (checkpoints.METADATA_MUST_MATCH)."""
+        prompts = load_dataset_prompts(self.dataset_json, self.plans_manager.dataset_name)
+        return {"vlm_trainer": self.vlm_trainer_class.__name__, "dataset": self.plans_manager.dataset_name,
                 "plans": self.plans_manager.plans_name, "configuration": self.configuration_name,
-                "class_names": prompts.class_names, "label_ids": prompts.label_ids,
+                "fold": self.fold, "class_names": prompts.class_names, "label_ids": prompts.label_ids,
                 "prompt_fingerprint": prompts.fingerprint(),
-                "text_encoder": resolve_text_encoder_spec(vlm_class.text_encoder_spec)[0]}
+                "text_encoder": resolve_text_encoder_spec(self.vlm_trainer_class.text_encoder_spec)[0]}
 
     def ensure_vlm(self) -> None:
         """Build the frozen VLM: from a resumed CPS4 checkpoint, else from stage (i) (run first if missing)."""
         if self.vlm is not None or not self.use_text:
             return
-        from nnunet_cps4.commands.pretrain_vlm import find_trainer_class, run_stage1
-        from nnunet_cps4.nnunet.trainers.vlm_pretraining import load_vlm, vlm_from_metadata, vlm_output_folder
-
         if self._restored_vlm_state is not None:
             self.vlm_metadata = self._restored_vlm_state["vlm_metadata"]
             self.vlm = vlm_from_metadata(self.vlm_metadata, self._restored_vlm_state["vlm_weights"],
-                                         self.plans_manager, self.configuration_manager).to(self.device)
+                                         self.configuration_manager).to(self.device)
         else:
-            folder = vlm_output_folder(self.vlm_trainer_name, self.plans_manager, self.configuration_name,
-                                       self.fold)
+            folder = vlm_output_folder(self.vlm_trainer_class.__name__, self.plans_manager,
+                                       self.configuration_name, self.fold)
             checkpoint = os.path.join(folder, "checkpoint_final.pth")
             expected = self.expected_vlm_metadata()
             if not os.path.isfile(checkpoint):
-                self.print_to_log_file(f"No stage-(i) VLM in {folder}: training it now ({self.vlm_trainer_name})")
-                run_stage1(find_trainer_class(self.vlm_trainer_name), self.plans_manager.plans,
-                           self.configuration_name, self.fold, self.dataset_json, self.device)
+                self.print_to_log_file(f"No stage-(i) VLM in {folder}: training it now "
+                                       f"({self.vlm_trainer_class.__name__})")
+                run_stage1(self.vlm_trainer_class, self.plans_manager.plans, self.configuration_name, self.fold,
+                           self.dataset_json, self.device)
                 if self.is_ddp:
                     dist.barrier()
-            self.vlm, self.vlm_metadata = load_vlm(checkpoint, self.plans_manager, self.configuration_manager,
-                                                   self.device, expected)
+            self.vlm, self.vlm_metadata = load_vlm(checkpoint, self.configuration_manager, self.device, expected)
             self.print_to_log_file(f"Stage-(i) VLM loaded from {checkpoint}")
         self.vlm.requires_grad_(False)
         self.vlm.eval()
 
-    def on_train_start(self):
-        if not self.was_initialized:
-            self.initialize()
+    def prepare_semi_supervised(self) -> None:
+        super().prepare_semi_supervised()  # fold and unlabeled images first: they fail fast, stage (i) does not
         self.ensure_vlm()
-        super().on_train_start()
 
     # --- pseudo labels -------------------------------------------------------------------------------------
     @torch.no_grad()
     def text_labels(self, data: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(per-class probabilities (B, C, *S), fused y_text (B, *S)) of the VLM for a batch."""
-        from nnunet_cps4.method.fusion import fuse_maps
-
         probs = self.vlm.probabilities(data)
-        return probs, fuse_maps(probs, self.binarize_method, self.fixed_threshold, self.min_peak)
+        return probs, self.pseudo_label_rule.fuse(probs)
 
     @torch.no_grad()
     def make_pseudo_labels(self, unlabeled_data: torch.Tensor, teacher_logits: torch.Tensor
@@ -129,23 +113,18 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
         targets, stats = super().make_pseudo_labels(unlabeled_data, teacher_logits)
         if not self.use_text:
             return targets, stats
-        from nnunet_cps4.method.fusion import refine_with_text
-
+        rule, ignore = self.pseudo_label_rule, self.pseudo_ignore_label
         teacher_probs = torch.softmax(teacher_logits.float(), 1)
         teacher_labels = teacher_probs.argmax(1, keepdim=True)
         probs, y_text = self.text_labels(unlabeled_data)
-        vote, combined = refine_with_text(teacher_probs, y_text, probs, self.text_combination_weight,
-                                          self.text_silent_defers)
-        combined = self.ignore_unconfident(combined, vote)
-        y_text = y_text.unsqueeze(1)
-        stats.update({"teacher_text_agreement": (teacher_labels == y_text).float().mean().item(),
-                      "refined_fraction": ((combined != teacher_labels) & (combined != self.pseudo_ignore_label))
-                      .float().mean().item(),
+        vote, combined = rule.refine(teacher_probs, probs, y_text)
+        combined = rule.confident(combined, vote, ignore)
+        stats.update({"teacher_text_agreement": (teacher_labels == y_text.unsqueeze(1)).float().mean().item(),
+                      "refined_fraction": ((combined != teacher_labels) & (combined != ignore)).float().mean().item(),
                       "text_fired_fraction": (y_text > 0).float().mean().item(),
-                      "pseudo_label_ignored": (combined == self.pseudo_ignore_label).float().mean().item()})
-        if self.text_silent_ignored:
-            y_text = torch.where(y_text == 0, torch.full_like(y_text, self.pseudo_ignore_label), y_text)
-        return {"text": (self.text_loss_weight, y_text), "combined": (self.combined_loss_weight, combined)}, stats
+                      "pseudo_label_ignored": (combined == ignore).float().mean().item()})
+        return {"text": (self.text_loss_weight, rule.text_target(y_text, ignore)),
+                "combined": (self.combined_loss_weight, combined)}, stats
 
     @torch.no_grad()
     def labeled_batch_stats(self, data: torch.Tensor, target: torch.Tensor) -> Dict[str, float]:
@@ -154,12 +133,7 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
             return {"vlm_dice_labeled": float("nan")}
         _, y_text = self.text_labels(data)
         target = target[:, 0]
-        dices = []
-        for c in torch.unique(target):
-            if c <= 0:
-                continue
-            p, g = y_text == c, target == c
-            dices.append((2 * (p & g).sum() / (p.sum() + g.sum())).item())
+        dices = [dice(y_text == c, target == c) for c in torch.unique(target) if c > 0]
         return {"vlm_dice_labeled": float(np.mean(dices)) if dices else float("nan")}
 
     # --- what the user sees: panels of unlabeled cases -----------------------------------------------------
@@ -173,9 +147,7 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
     @torch.no_grad()
     def save_pseudo_label_panels(self, epoch: int) -> None:
         """image | teacher label | y_text | refined label for the first unlabeled cases (centre patch)."""
-        from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
-
-        from nnunet_cps4.plots import save_pseudo_label_panels
+        from nnunet_cps4.plots import save_pseudo_label_panels  # matplotlib: only here
 
         dataset = self.dataset_class(self.unlabeled_folder)
         patch = list(self.configuration_manager.patch_size)
@@ -206,6 +178,16 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
             state.update({"vlm_weights": self.vlm.state_dict(), "vlm_metadata": self.vlm_metadata})
         return state
 
+    def check_checkpoint(self, checkpoint: dict, where: str) -> None:
+        super().check_checkpoint(checkpoint, where)
+        state = checkpoint.get("cps4_state") or {}
+        if self.use_text and "vlm_metadata" in state:
+            check_vlm_metadata(state["vlm_metadata"], self.expected_vlm_metadata(), f"the VLM stored in {where}")
+
+    def resume_summary(self) -> str:
+        return super().resume_summary() + (", VLM" if self._restored_vlm_state is not None or self.vlm is not None
+                                           else "")
+
     def load_extra_checkpoint_state(self, state: Optional[dict]) -> None:
         super().load_extra_checkpoint_state(state)
         if state is not None and "vlm_weights" in state:
@@ -216,75 +198,22 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
                 self._restored_vlm_state = state
 
 
-# --- ablations (schedule variants of these are generated in nnunet_cps4.nnunet.trainers.variants) -----------------
+# --- the paper's ablations (schedule variants: registry; experiments: nnunet_cps4.experiments.variants) ----
 class nnUNetTrainerCPS4_noText(nnUNetTrainerCPS4):
     """No VLM: pseudo labels from the teacher alone (= the mean teacher, kept here for side-by-side runs)."""
     use_text = False
 
 
-class nnUNetTrainerCPS4_textOnly(nnUNetTrainerCPS4):
-    """Pseudo labels from the VLM alone: L(student, y_text), no combined label."""
-    combined_loss_weight = 0.0
-
-
 class nnUNetTrainerCPS4_noTokenLoss(nnUNetTrainerCPS4):
     """VLM pretrained without the token-level attention loss."""
-    vlm_trainer_name = "nnUNetTrainerCPS4VLM_noTokenLoss"
+    vlm_trainer_class = nnUNetTrainerCPS4VLM_noTokenLoss
 
 
 class nnUNetTrainerCPS4_noPixelLoss(nnUNetTrainerCPS4):
     """VLM pretrained without the pixel-level attention loss."""
-    vlm_trainer_name = "nnUNetTrainerCPS4VLM_noPixelLoss"
-
-
-class nnUNetTrainerCPS4_vlmSegLoss(nnUNetTrainerCPS4):
-    """VLM pretrained with nnU-Net's Dice+CE on its similarity maps in addition to the attention losses."""
-    vlm_trainer_name = "nnUNetTrainerCPS4VLM_segLoss"
+    vlm_trainer_class = nnUNetTrainerCPS4VLM_noPixelLoss
 
 
 class nnUNetTrainerCPS4_randomText(nnUNetTrainerCPS4):
     """VLM whose prompt embeddings are replaced by fixed random vectors: does the text matter?"""
-    vlm_trainer_name = "nnUNetTrainerCPS4VLM_randomText"
-
-
-class nnUNetTrainerCPS4_hardDiceCE(nnUNetTrainerCPS4):
-    """Every pixel supervised with hard labels and nnU-Net's Dice+CE: silent VLM pixels count as background
-    (the first version, before the confidence rule; see nnUNetTrainerMeanTeacher_hardDiceCE)."""
-    pseudo_label_dice_weight = 1.0
-    pseudo_label_threshold = 0.0
-    text_silent_ignored = False
-
-
-class nnUNetTrainerCPS4_warmup(LabeledWarmupMixin, nnUNetTrainerCPS4):
-    """CPS4 with the labeled-only warm-up (LabeledWarmupMixin), everything else as nnUNetTrainerCPS4."""
-
-
-class nnUNetTrainerCPS4_warmupRefinedOnly(LabeledWarmupMixin, nnUNetTrainerCPS4):
-    """nnUNetTrainerCPS4_warmup without the separate L(student, y_text): the VLM acts only through the refined
-    label, i.e. the student learns the pixels where the confident teacher and the VLM agree. L(student, y_text)
-    supervises the VLM's firing pixels alone (silent pixels are unsupervised), which pushed the student to
-    over-segment (1.7x the true foreground volume, docs/BENCHMARKS.md)."""
-    text_loss_weight = 0.0
-
-
-class nnUNetTrainerCPS4_warmupRefinedOnlyDice(LabeledWarmupMixin, nnUNetTrainerCPS4):
-    """nnUNetTrainerCPS4_warmupRefinedOnly with nnU-Net's Dice+CE on the refined label (see
-    nnUNetTrainerMeanTeacher_warmupDice)."""
-    text_loss_weight = 0.0
-    pseudo_label_dice_weight = 1.0
-
-
-class nnUNetTrainerCPS4_warmupDiceVeto(LabeledWarmupMixin, nnUNetTrainerCPS4):
-    """nnUNetTrainerMeanTeacher_warmupDice with the VLM as a veto: the student learns the teacher's confident
-    label (Dice+CE) except where a VLM class map fires and disagrees; where no map fires the teacher decides.
-    No separate L(student, y_text) (it made students over-segment). In _warmupRefinedOnlyDice a silent VLM
-    counted as a background vote, so every structure the VLM missed lost its teacher label and the student
-    collapsed to background (docs/BENCHMARKS.md)."""
-    text_loss_weight = 0.0
-    pseudo_label_dice_weight = 1.0
-    text_silent_defers = True
-
-
-class nnUNetTrainerCPS4_lowWeight(nnUNetTrainerCPS4):
-    """lambda_max = 0.1 (see nnUNetTrainerMeanTeacher_lowWeight), everything else as nnUNetTrainerCPS4."""
-    unlabeled_weight = 0.1
+    vlm_trainer_class = nnUNetTrainerCPS4VLM_randomText

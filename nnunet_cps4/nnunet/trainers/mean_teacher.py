@@ -11,7 +11,7 @@ contract: `network_weights` is the student alone (stock `nnUNetv2_predict` loads
 the step counter go under the extra key `cps4_state`, so `--c` resumes with the same teacher and ramp.
 
 This trainer is also the base of CPS4 (`nnunet_cps4.nnunet.trainers.cps4`), which only changes `make_pseudo_labels`.
-Schedule variants (nnUNetTrainerMeanTeacher_5epochs, _smoke, ...) are generated in `variants`.
+Schedule variants (nnUNetTrainerMeanTeacher_5epochs, ...) are generated in `registry`.
 """
 import os
 from typing import Dict, List, Optional, Tuple
@@ -22,13 +22,20 @@ import torch.nn.functional as F
 from torch import autocast, nn
 from torch import distributed as dist
 
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_cps4.errors import CPS4Error
-from nnunet_cps4.nnunet.trainers.common import (ExtraCheckpointStateMixin, FoldGuardMixin, backward_and_step,
-                                        log_epoch_means, register_log_keys, unwrap)
+from nnunet_cps4.method.pseudo_labels import PseudoLabelRule
+from nnunet_cps4.nnunet.checkpoints import ExtraCheckpointStateMixin
+from nnunet_cps4.nnunet.trainers.common import (FoldGuardMixin, backward_and_step, log_epoch_means,
+                                                register_log_keys, unwrap)
+from nnunet_cps4.nnunet.unlabeled import (build_unlabeled_dataloader, ensure_unlabeled_preprocessed,
+                                          unlabeled_folder_name)
 
 
 def sigmoid_rampup(progress: float) -> float:
@@ -57,16 +64,15 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
     # fraction of all epochs trained on the labeled batch alone (lambda = 0, no unlabeled batch, the teacher
     # still averaging) before the ramp starts: pseudo labels only from a teacher that has learnt the labeled cases
     unlabeled_start_fraction: float = 0.0
-    # unlabeled patches per step = max(1, round(ratio * labeled batch size)); 0.5 keeps the mean teacher within
-    # 2x nnU-Net's per-iteration cost (student on 1.5 batches + teacher on 0.5; 1.0 measured 2.4x on the CPU)
+    # unlabeled patches per step = max(1, round(ratio * labeled batch size)); 0.5 keeps the student's work per step
+    # at 1.5 batches (cost per iteration: docs/BENCHMARKS.md)
     unlabeled_batch_ratio: float = 0.5
     # pseudo-label loss: nnU-Net's Dice+CE with deep supervision and an ignore value; dice weight 0 = its
-    # cross-entropy alone. Hard labels everywhere with Dice+CE collapsed neighbouring levels into one blob on the
-    # phantom (nnUNetTrainerMeanTeacher_hardDiceCE, docs/BENCHMARKS.md), hence CE on confident pixels
+    # cross-entropy alone, on the confident pixels (docs/METHOD.md says why)
     pseudo_label_dice_weight: float = 0.0
-    # pixels whose pseudo label has a confidence below this are left unsupervised (ignored by the loss);
-    # MT: the teacher's softmax probability; CPS4: the normalised teacher + VLM vote
-    pseudo_label_threshold: float = 0.9
+    # binarise -> fuse -> refine -> confidence cut; the mean teacher uses the confidence cut alone: pixels whose
+    # teacher probability is below rule.confidence_threshold are left unsupervised
+    pseudo_label_rule: PseudoLabelRule = PseudoLabelRule()
     # keys logged every epoch (mean over the epoch's steps) and plotted in progress_semi_supervised.png
     ssl_log_keys: Tuple[str, ...] = ("ssl_lambda", "supervised_loss", "unlabeled_loss", "teacher_confidence",
                                      "pseudo_label_ignored")
@@ -106,10 +112,6 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
     def _build_pseudo_label_loss(self):
         """nnU-Net's own Dice+CE (same settings and deep-supervision weights as the supervised loss) with an
         ignore value for pixels a pseudo-label rule leaves unsupervised."""
-        from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-        from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-        from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-
         loss = DC_and_CE_loss({"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5, "do_bg": False,
                                "ddp": self.is_ddp}, {}, weight_ce=1, weight_dice=self.pseudo_label_dice_weight,
                               ignore_label=self.pseudo_ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
@@ -118,9 +120,10 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
         return loss
 
     def ssl_settings(self) -> dict:
-        return {k: getattr(self, k) for k in ("ema_decay", "unlabeled_weight", "rampup_fraction",
-                                               "unlabeled_start_fraction", "unlabeled_batch_ratio", "pseudo_label_dice_weight",
-                                               "pseudo_label_threshold")}
+        settings = {k: getattr(self, k) for k in ("ema_decay", "unlabeled_weight", "rampup_fraction",
+                                                   "unlabeled_start_fraction", "unlabeled_batch_ratio",
+                                                   "pseudo_label_dice_weight")}
+        return {**settings, "pseudo_label_rule": self.pseudo_label_rule.to_dict()}
 
     def unwrapped_student(self) -> nn.Module:
         """The student without DDP / torch.compile wrappers (the module whose weights nnU-Net saves)."""
@@ -129,15 +132,19 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
     def on_train_start(self):
         if not self.was_initialized:
             self.initialize()
-        # unlabeled images are preprocessed once (rank 0) before any rank builds its loaders
+        self.prepare_semi_supervised()
+        super().on_train_start()
+
+    def prepare_semi_supervised(self) -> None:
+        """Everything that can fail on the user's data, before any training: the fold, then the unlabeled images
+        (checked and preprocessed once, on rank 0, before any rank builds its loaders)."""
+        self.check_fold()
         if self.local_rank == 0:
-            from nnunet_cps4.nnunet.unlabeled import ensure_unlabeled_preprocessed
             ensure_unlabeled_preprocessed(self.plans_manager, self.configuration_manager, self.configuration_name,
                                           self.dataset_json, num_processes=int(os.environ.get("nnUNet_def_n_proc",
                                                                                               2)))
         if self.is_ddp:
             dist.barrier()
-        super().on_train_start()
 
     def get_dataloaders(self):
         dl_tr, dl_val = super().get_dataloaders()
@@ -146,8 +153,6 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
         return dl_tr, dl_val
 
     def get_unlabeled_dataloader(self):
-        from nnunet_cps4.nnunet.unlabeled import build_unlabeled_dataloader, unlabeled_folder_name
-
         self.unlabeled_folder = os.path.join(self.preprocessed_dataset_folder_base,
                                              unlabeled_folder_name(self.configuration_manager.data_identifier))
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
@@ -187,20 +192,13 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
                            ) -> Tuple[Dict[str, Tuple[float, torch.Tensor]], Dict[str, float]]:
         """Targets for the student on the unlabeled batch: {name: (weight, labels (B, 1, *S))}, and statistics.
 
-        The mean teacher uses the teacher's argmax with weight 1; CPS4 overrides this.
+        The mean teacher uses the teacher's confident argmax with weight 1; CPS4 overrides this.
         """
-        probs = torch.softmax(teacher_logits.float(), 1)
-        confidence, labels = probs.max(1, keepdim=True)
-        labels = self.ignore_unconfident(labels, confidence)
+        confidence, labels = self.pseudo_label_rule.teacher_labels(torch.softmax(teacher_logits.float(), 1),
+                                                                   self.pseudo_ignore_label)
         return {"teacher": (1.0, labels)}, {"teacher_confidence": confidence.mean().item(),
-                                            "pseudo_label_ignored": (confidence < self.pseudo_label_threshold)
+                                            "pseudo_label_ignored": (labels == self.pseudo_ignore_label)
                                             .float().mean().item()}
-
-    def ignore_unconfident(self, labels: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
-        if self.pseudo_label_threshold <= 0:
-            return labels
-        return torch.where(confidence < self.pseudo_label_threshold,
-                           torch.full_like(labels, self.pseudo_ignore_label), labels)
 
     @torch.no_grad()
     def labeled_batch_stats(self, data: torch.Tensor, target: torch.Tensor) -> Dict[str, float]:
@@ -254,7 +252,8 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
                                                                                 self._ds_targets(labels, out_u))
             total = supervised + lam * unlabeled_loss
         stats.update(self.labeled_batch_stats(data, target[0] if isinstance(target, list) else target))
-
+        self.stop_if_not_finite({"supervised (labeled batch)": supervised, "unlabeled (pseudo labels)":
+                                 unlabeled_loss}, batch, unlabeled)
         backward_and_step(self, total)
         self.update_teacher()
         self.global_step += 1
@@ -271,11 +270,27 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
         result = super().train_step({**batch, "data": data, "target": target})
+        self.stop_if_not_finite({"supervised (labeled batch)": result["loss"]}, batch)
         stats = {k: float("nan") for k in self.ssl_log_keys}
         stats.update(self.labeled_batch_stats(data, target[0] if isinstance(target, list) else target))
         self.update_teacher()
         self.global_step += 1
         return {**stats, **result, "ssl_lambda": 0.0, "supervised_loss": result["loss"], "unlabeled_loss": 0.0}
+
+    def stop_if_not_finite(self, terms: dict, batch: dict, unlabeled: Optional[dict] = None) -> None:
+        """A CPS4Error naming the step, the loss term(s) and the cases of the batch when a loss is NaN or infinite,
+        so that training stops instead of writing NaN weights into its checkpoints."""
+        bad = [name for name, value in terms.items() if not np.isfinite(float(value))]
+        if not bad:
+            return
+        cases = list(batch.get("keys", []))
+        if unlabeled is not None:
+            cases += [f"{k} (unlabeled)" for k in unlabeled.get("keys", [])]
+        raise CPS4Error(f"non-finite loss at epoch {self.current_epoch}, step {self.global_step}: "
+                        f"{', '.join(bad)} (batch cases: {', '.join(map(str, cases)) or 'unknown'}). Fix: check "
+                        f"those images for NaN/Inf values (nnUNetv2_plan_and_preprocess --verify_dataset_integrity; "
+                        f"unlabeled images are checked by nnUNetv2_cps4_preprocess_unlabeled); the last checkpoint "
+                        f"written before this step is unaffected")
 
     def _ds_targets(self, labels: torch.Tensor, outputs):
         return labels_like_outputs(labels, outputs) if self.enable_deep_supervision else labels
@@ -301,6 +316,9 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
         return {"teacher_weights": self.teacher.state_dict(), "global_step": self.global_step,
                 "settings": self.ssl_settings()}
 
+    def resume_summary(self) -> str:
+        return f"student, optimizer, teacher, step {self.global_step}"
+
     def load_extra_checkpoint_state(self, state: Optional[dict]) -> None:
         if state is None:
             self.print_to_log_file("Checkpoint has no teacher (not written by a semi-supervised trainer); the "
@@ -310,38 +328,3 @@ class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNet
         else:
             self.teacher.load_state_dict(state["teacher_weights"])
             self.global_step = int(state["global_step"])
-
-
-# --- ablations (schedule variants of these are generated in nnunet_cps4.nnunet.trainers.variants) -----------------
-class nnUNetTrainerMeanTeacher_hardDiceCE(nnUNetTrainerMeanTeacher):
-    """Every pixel's hard pseudo label, nnU-Net's Dice+CE (the first version; collapses levels on the phantom)."""
-    pseudo_label_dice_weight = 1.0
-    pseudo_label_threshold = 0.0
-
-
-class LabeledWarmupMixin:
-    """The `_warmup` schedule of lambda, one place for every warm-up variant (mixed in before the trainer class):
-    labeled cases alone for the first half of the schedule, then lambda ramps to its maximum over the next 20 %.
-    A teacher that starts pseudo-labelling while it is still near random is confidently background on most of the
-    spine, and confident-pixel CE then pushes the student to background on unlabeled images (docs/BENCHMARKS.md,
-    "Where the pixels went")."""
-    unlabeled_start_fraction = 0.5
-    rampup_fraction = 0.2
-
-
-class nnUNetTrainerMeanTeacher_warmup(LabeledWarmupMixin, nnUNetTrainerMeanTeacher):
-    """The mean teacher with the labeled-only warm-up (LabeledWarmupMixin)."""
-
-
-class nnUNetTrainerMeanTeacher_warmupDice(LabeledWarmupMixin, nnUNetTrainerMeanTeacher):
-    """nnUNetTrainerMeanTeacher_warmup with nnU-Net's Dice+CE (not CE alone) on the confident pixels. The confident
-    pixels are mostly background (the uncertain ones lie on and around the spine), so CE alone taught the student
-    to shrink the spine (predicted/true foreground volume 0.71 vs supervised 0.91); the Dice term weighs every
-    foreground class equally whatever its pixel count."""
-    pseudo_label_dice_weight = 1.0
-
-
-class nnUNetTrainerMeanTeacher_lowWeight(nnUNetTrainerMeanTeacher):
-    """lambda_max = 0.1, the consistency weight of the usual segmentation mean-teacher code (UA-MT, SSL4MIS):
-    with 2 labeled cases, weight 1 let the teacher's own mistakes dominate the labeled loss (docs/BENCHMARKS.md)."""
-    unlabeled_weight = 0.1

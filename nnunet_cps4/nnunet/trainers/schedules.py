@@ -1,52 +1,53 @@
-"""Training-length settings as class attributes, so a schedule variant is a one-line subclass.
+"""Training length as data: a schedule is a dict of settings, a schedule variant a generated subclass.
 
 nnU-Net sets its schedule inside `nnUNetTrainer.__init__` (1000 epochs x 250 iterations, 50 validation
-iterations), which is days on a CPU. A trainer that mixes `ScheduleMixin` in and sets any of its attributes
-gets them applied right after nnU-Net's constructor. The constructor keeps nnU-Net's exact signature (nnU-Net
-records its init arguments and rejects extra ones).
+iterations). A class that mixes `ScheduleMixin` in and sets its `schedule` dict gets those settings applied right
+after nnU-Net's constructor (the constructor keeps nnU-Net's exact signature: nnU-Net records its init arguments
+and rejects extra ones). `with_schedule(Trainer, name, settings, namespace)` makes `Trainer_<name>`; a stage-(ii)
+trainer's stage-(i) trainer (`vlm_trainer_class`) gets the same schedule, so both stages of one run share it.
 
-`SCHEDULES` names the schedules for which `nnunet_cps4.nnunet.trainers.variants` generates a variant of every trainer
-family (e.g. nnUNetTrainerCPS4_smoke, nnUNetTrainerMeanTeacher_50epochs), so that methods compared side by side
-share one schedule by construction.
+`SCHEDULES` are nnU-Net's own lengths, offered for every public trainer; the benchmark adds its short CPU
+schedules in `nnunet_cps4.experiments.variants`.
 """
 from typing import Dict, Optional
 
 import torch
 
-SCHEDULES: Dict[str, dict] = {
-    # tests and quick checks: 2 epochs x 10 iterations, 2 validation iterations, a checkpoint every epoch
-    "smoke": dict(epochs=2, iterations_per_epoch=10, val_iterations_per_epoch=2, save_every=1),
-    # the README's main job on 2 CPU cores (nnUNetv2_cps4_benchmark --preset demo): 1250 iterations (1500 took
-    # 15.2 min end to end, over the 15-minute budget)
-    "demo": dict(epochs=25, iterations_per_epoch=50, val_iterations_per_epoch=2, save_every=10),
-    # docs/BENCHMARKS.md on 2 CPU cores: 5000 iterations (2000 left every method under-trained on the phantom)
-    "cpu5k": dict(epochs=100, iterations_per_epoch=50, val_iterations_per_epoch=2, save_every=25),
-    # nnU-Net's own lengths (250 iterations per epoch)
-    "5epochs": dict(epochs=5),
-    "10epochs": dict(epochs=10),
-    "50epochs": dict(epochs=50),
-    "100epochs": dict(epochs=100),
-    "250epochs": dict(epochs=250),
-}
+SCHEDULES: Dict[str, dict] = {name: dict(epochs=epochs) for name, epochs in
+                              (("5epochs", 5), ("10epochs", 10), ("50epochs", 50), ("100epochs", 100),
+                               ("250epochs", 250))}
+# setting -> nnU-Net trainer attribute
+SCHEDULE_ATTRIBUTES = {"epochs": "num_epochs", "iterations_per_epoch": "num_iterations_per_epoch",
+                       "val_iterations_per_epoch": "num_val_iterations_per_epoch", "save_every": "save_every"}
+
+
+def apply_schedule(trainer, schedule: Optional[dict]) -> None:
+    """Set a built trainer's schedule attributes from a schedule dict (keys of SCHEDULE_ATTRIBUTES)."""
+    for key, value in (schedule or {}).items():
+        if key not in SCHEDULE_ATTRIBUTES:
+            raise KeyError(f"unknown schedule setting {key!r}; known: {sorted(SCHEDULE_ATTRIBUTES)}")
+        if value is not None:
+            setattr(trainer, SCHEDULE_ATTRIBUTES[key], int(value))
 
 
 class ScheduleMixin:
-    schedule_epochs: Optional[int] = None
-    schedule_iterations_per_epoch: Optional[int] = None
-    schedule_val_iterations_per_epoch: Optional[int] = None
-    schedule_save_every: Optional[int] = None
+    schedule: Optional[dict] = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        for attribute, value in (("num_epochs", self.schedule_epochs),
-                                 ("num_iterations_per_epoch", self.schedule_iterations_per_epoch),
-                                 ("num_val_iterations_per_epoch", self.schedule_val_iterations_per_epoch),
-                                 ("save_every", self.schedule_save_every)):
-            if value is not None:
-                setattr(self, attribute, int(value))
+        apply_schedule(self, self.schedule)
 
 
-def schedule_attributes(name: str) -> dict:
-    """Class attributes of ScheduleMixin for a named schedule."""
-    return {f"schedule_{k}": v for k, v in SCHEDULES[name].items()}
+def with_schedule(base: type, name: str, schedule: dict, namespace: dict, module: str) -> type:
+    """`<base>_<name>`, created once in `namespace` (a module's globals, `module` its name)."""
+    class_name = f"{base.__name__}_{name}"
+    if class_name in namespace:
+        return namespace[class_name]
+    attributes = {"__module__": module, "__qualname__": class_name, "schedule": dict(schedule),
+                  "__doc__": f"{base.__name__} with the '{name}' schedule {schedule}."}
+    vlm_trainer = getattr(base, "vlm_trainer_class", None)
+    if vlm_trainer is not None:
+        attributes["vlm_trainer_class"] = with_schedule(vlm_trainer, name, schedule, namespace, module)
+    namespace[class_name] = type(class_name, (ScheduleMixin, base), attributes)
+    return namespace[class_name]

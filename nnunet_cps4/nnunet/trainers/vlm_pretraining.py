@@ -9,11 +9,13 @@ logging, progress.png, checkpoints and `--c` for free. What differs from segment
   class, on the fold's validation cases; the final validation also writes PNG panels (image, ground truth, a
   few per-class maps, fused map).
 The final checkpoint (`checkpoint_final.pth` in this trainer's fold folder) carries metadata — dataset, plans,
-configuration, class names, prompts, text encoder, VLM settings — checked by `load_vlm` before stage (ii) uses
-it. This trainer is not a segmentation model: `nnUNetv2_predict` refuses it; `nnUNetv2_cps4_predict_vlm`
-writes its fused maps.
+configuration, fold, class names, prompts, text encoder, VLM settings — checked
+(`nnunet_cps4.nnunet.checkpoints`) before stage (ii) uses it. This trainer is not a segmentation model:
+`nnUNetv2_predict` refuses it; `nnUNetv2_cps4_predict_vlm` writes its fused maps. `run_stage1` trains one (the
+stage-(i) command and a CPS4 trainer whose fold has no VLM yet call it).
 """
 import os
+from copy import deepcopy
 from typing import List, Optional
 
 import numpy as np
@@ -23,20 +25,27 @@ from torch import autocast, nn
 from torch import distributed as dist
 
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss, get_tp_fp_fn_tn
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
 from nnunet_cps4.errors import CPS4Error
-from nnunet_cps4.nnunet.trainers.common import (ExtraCheckpointStateMixin, FoldGuardMixin, backward_and_step,
-                                        log_epoch_means, register_log_keys, unwrap)
-from nnunet_cps4.method.vlm import VLMConfig
-
-VLM_METADATA_FORMAT = "cps4-vlm/1"
-# what must agree between a VLM checkpoint and the run that wants to use it
-METADATA_MUST_MATCH = ("vlm_trainer", "dataset", "plans", "configuration", "class_names", "label_ids",
-                       "prompt_fingerprint", "text_encoder")
+from nnunet_cps4.method.attention_losses import AttentionLoss
+from nnunet_cps4.method.fusion import labels_to_probabilities
+from nnunet_cps4.method.metrics import dice, dice_from_counts
+from nnunet_cps4.method.prompts import load_dataset_prompts
+from nnunet_cps4.method.pseudo_labels import PseudoLabelRule
+from nnunet_cps4.method.text_encoders import build_text_encoder, class_text_embeddings
+from nnunet_cps4.method.vlm import VLMConfig, random_text_features
+from nnunet_cps4.nnunet.checkpoints import (VLM_METADATA_FORMAT, ExtraCheckpointStateMixin, check_vlm_metadata,
+                                            vlm_metadata_of)
+from nnunet_cps4.nnunet.trainers.common import (FoldGuardMixin, backward_and_step, log_epoch_means,
+                                                register_log_keys, unwrap)
+from nnunet_cps4.nnunet.trainers.schedules import apply_schedule
+from nnunet_cps4.nnunet.vlm_from_plans import build_vlm
+from nnunet_cps4.nnunet.vlm_prediction import fused_case_prediction, vlm_predictor
 
 
 class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrainer):
@@ -50,9 +59,8 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
     vlm_config: VLMConfig = VLMConfig()
     text_encoder_spec: Optional[str] = None  # None: $nnUNet_cps4_text_encoder or the offline MiniLM default
     random_text_embeddings: bool = False     # ablation: fixed random vectors instead of prompt embeddings
-    binarize_method: str = "otsu"            # for the validation Dice of the fused map
-    fixed_threshold: float = 0.5
-    min_peak: float = 0.5
+    pseudo_label_rule: PseudoLabelRule = PseudoLabelRule()  # its binarisation and fusion: the validation's
+    #                                                         fused map, and the default of predict_vlm
     num_panel_cases: int = 3                 # PNG panels written by the final validation
     stage1_log_keys = ("token_loss", "pixel_loss", "segmentation_loss", "temperature")
 
@@ -77,8 +85,6 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
             raise RuntimeError("initialize called twice")
         if self.label_manager.has_regions:
             raise CPS4Error("the CPS4 VLM needs plain labels; dataset.json defines regions. Fix: use nnUNetTrainer")
-        from nnunet_cps4.method.attention_losses import AttentionLoss
-
         self._set_batch_size_and_oversample()
         self.num_input_channels = determine_num_input_channels(self.plans_manager, self.configuration_manager,
                                                                self.dataset_json)
@@ -90,9 +96,6 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
         self.loss = AttentionLoss(self.token_loss_weight, self.pixel_loss_weight, self.token_loss_form)
         self.segmentation_loss = None
         if self.segmentation_loss_weight:
-            from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-            from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-
             self.segmentation_loss = DC_and_CE_loss(
                 {"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5, "do_bg": False,
                  "ddp": self.is_ddp}, {}, weight_ce=1, weight_dice=1, ignore_label=self.label_manager.ignore_label,
@@ -103,14 +106,7 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
 
     def build_vlm_from_prompts(self):
         """The VLM with this dataset's class-prompt embeddings (computed once here), and its metadata."""
-        from nnunet_cps4.method.prompts import load_class_prompts
-        from nnunet_cps4.method.text_encoders import build_text_encoder, class_text_embeddings
-        from nnunet_cps4.method.vlm import build_vlm, random_text_features
-
-        raw_root = os.environ.get("nnUNet_raw")
-        raw_folder = os.path.join(raw_root, self.plans_manager.dataset_name) if raw_root else None
-        prompts = load_class_prompts(self.dataset_json, raw_folder if raw_folder and os.path.isdir(raw_folder)
-                                     else None)
+        prompts = load_dataset_prompts(self.dataset_json, self.plans_manager.dataset_name)
         if prompts.label_ids != list(self.label_manager.foreground_labels):
             raise CPS4Error(f"the prompts cover label ids {prompts.label_ids} but the plans' label manager has "
                             f"{self.label_manager.foreground_labels}. Fix: dataset.json labels must be 0..N")
@@ -121,8 +117,7 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
         self.print_to_log_file(f"Stage (i): {prompts.num_classes} class prompts from {prompts.source}, text "
                                f"encoder {encoder.spec} ({encoder.dim}-d)"
                                + (", replaced by random vectors" if self.random_text_embeddings else ""))
-        vlm = build_vlm(self.vlm_config, self.plans_manager, self.configuration_manager, self.num_input_channels,
-                        features)
+        vlm = build_vlm(self.vlm_config, self.configuration_manager, self.num_input_channels, features)
         metadata = {
             "format": VLM_METADATA_FORMAT, "vlm_trainer": self.__class__.__name__,
             "dataset": self.plans_manager.dataset_name, "plans": self.plans_manager.plans_name,
@@ -131,7 +126,7 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
             "prompts": prompts.to_dict(), "prompt_fingerprint": prompts.fingerprint(),
             "text_encoder": encoder.spec, "text_dim": int(features.shape[1]),
             "random_text_embeddings": self.random_text_embeddings, "vlm_config": self.vlm_config.to_dict(),
-            "num_input_channels": self.num_input_channels,
+            "num_input_channels": self.num_input_channels, "pseudo_label_rule": self.pseudo_label_rule.to_dict(),
             "losses": {"token_weight": self.token_loss_weight, "pixel_weight": self.pixel_loss_weight,
                        "token_form": self.token_loss_form, "segmentation_weight": self.segmentation_loss_weight},
         }
@@ -143,10 +138,15 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
     def extra_checkpoint_state(self) -> dict:
         return {"vlm_metadata": self.metadata}
 
+    def check_checkpoint(self, checkpoint: dict, where: str) -> None:
+        super().check_checkpoint(checkpoint, where)
+        check_vlm_metadata(vlm_metadata_of(checkpoint), self.metadata, where)
+
     def load_extra_checkpoint_state(self, state: Optional[dict]) -> None:
-        if state is None or "vlm_metadata" not in state:
-            raise CPS4Error("checkpoint has no VLM metadata: it was not written by nnUNetTrainerCPS4VLM")
-        check_vlm_metadata(state["vlm_metadata"], self.metadata, "the checkpoint being resumed")
+        pass  # the metadata was checked before the weights were loaded (check_checkpoint)
+
+    def resume_summary(self) -> str:
+        return "VLM, optimizer"
 
     # --- steps ---------------------------------------------------------------------------------------------
     def _forward_loss(self, batch: dict):
@@ -171,10 +171,8 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
                 "pixel_loss": parts["pixel"].item(), "segmentation_loss": parts["segmentation"].item()}
 
     def validation_step(self, batch: dict) -> dict:
-        from nnunet_cps4.method.fusion import fuse_maps, labels_to_probabilities
-
         sim, target, total, _ = self._forward_loss(batch)
-        fused = fuse_maps(torch.sigmoid(sim.float()), self.binarize_method, self.fixed_threshold, self.min_peak)
+        fused = self.pseudo_label_rule.fuse(torch.sigmoid(sim.float()))
         onehot = labels_to_probabilities(fused, sim.shape[1] + 1)
         target = target.clone()
         mask = None
@@ -197,8 +195,7 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
 
     # --- final validation: fused-map Dice per class on the fold's validation cases, PNG panels -------------
     def perform_actual_validation(self, save_probabilities: bool = False):
-        from nnunet_cps4.plots import save_vlm_panels
-        from nnunet_cps4.nnunet.vlm_prediction import fused_case_prediction, vlm_predictor
+        from nnunet_cps4.plots import save_vlm_panels  # matplotlib: only here
 
         if self.local_rank != 0:
             if self.is_ddp:
@@ -219,23 +216,20 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
             data, seg, _, _ = dataset_val.load_case(key)
             data = torch.from_numpy(np.asarray(data[:], dtype=np.float32))
             seg = np.asarray(seg[:])[0]
-            probs, fused = fused_case_prediction(predictor, data, self.binarize_method, self.fixed_threshold,
-                                                 self.min_peak)
+            probs, fused = fused_case_prediction(predictor, data, self.pseudo_label_rule)
             case_dice = {}
             for c, name in enumerate(class_names):
                 p, g = fused == c + 1, seg == c + 1
                 tp[c] += np.sum(p & g); fp[c] += np.sum(p & ~g); fn[c] += np.sum(~p & g)  # noqa: E702
-                case_dice[name] = float(2 * np.sum(p & g) / (np.sum(p) + np.sum(g))) if g.any() or p.any() \
-                    else float("nan")
+                case_dice[name] = dice(p, g)
             per_case[key] = case_dice
             if i < self.num_panel_cases:
                 save_vlm_panels(data[0].numpy(), seg, probs, fused, class_names,
                                 os.path.join(out_folder, f"{key}.png"))
-        with np.errstate(invalid="ignore"):
-            dice = 2 * tp / (2 * tp + fp + fn)
-        summary = {"fused_map_dice_per_class": dict(zip(class_names, map(float, dice))),
-                   "mean_fused_map_dice": float(np.nanmean(dice)), "cases": per_case,
-                   "binarize_method": self.binarize_method, "min_peak": self.min_peak}
+        class_dice = dice_from_counts(tp, fp, fn)
+        summary = {"fused_map_dice_per_class": dict(zip(class_names, map(float, class_dice))),
+                   "mean_fused_map_dice": float(np.nanmean(class_dice)), "cases": per_case,
+                   "pseudo_label_rule": self.pseudo_label_rule.to_dict()}
         save_json(summary, os.path.join(out_folder, "summary.json"), sort_keys=False)
         self.print_to_log_file(f"VLM validation (fused map, {len(per_case)} case(s)): mean Dice "
                                f"{summary['mean_fused_map_dice']:.4f}; per class " + ", ".join(
@@ -244,54 +238,36 @@ class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrai
             dist.barrier()
 
 
-def check_vlm_metadata(found: dict, expected: dict, where: str) -> None:
-    """CPS4Error listing every field in METADATA_MUST_MATCH where a VLM checkpoint differs from this run."""
-    if found.get("format") != VLM_METADATA_FORMAT:
-        raise CPS4Error(f"{where}: not a CPS4 VLM checkpoint (format {found.get('format')!r}). Fix: train stage "
-                        f"(i) with nnUNetv2_cps4_pretrain_vlm")
-    diffs = [f"{k}: checkpoint {found.get(k)!r} != this run {expected.get(k)!r}" for k in METADATA_MUST_MATCH
-             if found.get(k) != expected.get(k)]
-    if diffs:
-        raise CPS4Error(f"{where} was trained with other settings ({'; '.join(diffs)}). Fix: restore the original "
-                        f"settings, or move that VLM folder away and run stage (i) again")
+def run_stage1(trainer_class, plans: dict, configuration: str, fold, dataset_json: dict, device: torch.device,
+               continue_training: bool = False, validation_only: bool = False,
+               schedule: Optional[dict] = None) -> str:
+    """Train (or resume / only validate) a stage-(i) trainer; return the path of its final checkpoint.
+
+    schedule: optional overrides of the trainer's schedule (keys of `schedules.SCHEDULE_ATTRIBUTES`).
+    """
+    plans = deepcopy(plans)
+    plans["continue_training"] = continue_training
+    trainer = trainer_class(plans=plans, configuration=configuration, fold=fold, dataset_json=dataset_json,
+                            device=device)
+    apply_schedule(trainer, schedule)
+    final = os.path.join(trainer.output_folder, "checkpoint_final.pth")
+    if validation_only:
+        if not os.path.isfile(final):
+            raise CPS4Error(f"{final} not found: stage (i) has not finished. Fix: run it without --val")
+        trainer.load_checkpoint(final)
+    elif continue_training:
+        for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
+            path = os.path.join(trainer.output_folder, name)
+            if os.path.isfile(path):
+                trainer.load_checkpoint(path)
+                break
+    if not validation_only:
+        trainer.run_training()
+    trainer.perform_actual_validation()
+    return final
 
 
-def vlm_output_folder(vlm_trainer_name: str, plans_manager, configuration: str, fold) -> str:
-    from nnunetv2.paths import nnUNet_results
-
-    return os.path.join(nnUNet_results, plans_manager.dataset_name,
-                        f"{vlm_trainer_name}__{plans_manager.plans_name}__{configuration}", f"fold_{fold}")
-
-
-def vlm_from_metadata(metadata: dict, weights: dict, plans_manager, configuration_manager):
-    """Rebuild a trained VLM from its metadata and state dict (no text encoder needed: the prompt embeddings are
-    a buffer of the state dict; the vision weights file only initialised training, so it is not read again)."""
-    from dataclasses import replace
-
-    from nnunet_cps4.method.vlm import build_vlm
-
-    config = replace(VLMConfig.from_dict(metadata["vlm_config"]), vision_weights=None)
-    vlm = build_vlm(config, plans_manager, configuration_manager, metadata["num_input_channels"],
-                    torch.zeros(len(metadata["class_names"]), metadata["text_dim"]))
-    vlm.load_state_dict(weights)
-    return vlm
-
-
-def load_vlm(checkpoint_file: str, plans_manager, configuration_manager, device: torch.device,
-             expected: Optional[dict] = None):
-    """(VLM in eval mode, metadata) from a stage-(i) checkpoint, refusing one whose metadata does not match."""
-    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
-    metadata = (checkpoint.get("cps4_state") or {}).get("vlm_metadata")
-    if metadata is None:
-        raise CPS4Error(f"{checkpoint_file} has no VLM metadata (not written by nnUNetTrainerCPS4VLM). Fix: run "
-                        f"nnUNetv2_cps4_pretrain_vlm")
-    if expected is not None:
-        check_vlm_metadata(metadata, expected, checkpoint_file)
-    vlm = vlm_from_metadata(metadata, checkpoint["network_weights"], plans_manager, configuration_manager)
-    return vlm.to(device).eval(), metadata
-
-
-# --- ablations (schedule variants of these are generated in nnunet_cps4.nnunet.trainers.variants) ---------------------------------------------------------------------------------------------
+# --- the paper's ablations (schedule variants: registry; experiments: nnunet_cps4.experiments.variants) ----
 class nnUNetTrainerCPS4VLM_noTokenLoss(nnUNetTrainerCPS4VLM):
     token_loss_weight = 0.0
 
@@ -300,14 +276,6 @@ class nnUNetTrainerCPS4VLM_noPixelLoss(nnUNetTrainerCPS4VLM):
     pixel_loss_weight = 0.0
 
 
-class nnUNetTrainerCPS4VLM_segLoss(nnUNetTrainerCPS4VLM):
-    """Attention losses plus nnU-Net's Dice+CE on the similarity maps (not in the paper)."""
-    segmentation_loss_weight = 1.0
-
-
 class nnUNetTrainerCPS4VLM_randomText(nnUNetTrainerCPS4VLM):
+    """Prompt embeddings replaced by fixed random vectors: does the text matter?"""
     random_text_embeddings = True
-
-
-class nnUNetTrainerCPS4VLM_vit(nnUNetTrainerCPS4VLM):
-    vlm_config = VLMConfig(vision="vit")

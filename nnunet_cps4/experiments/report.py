@@ -1,0 +1,142 @@
+"""The benchmark's report: mean ± sd over split seeds, paired differences to supervised nnU-Net, the markdown
+table, the per-class bar plot and the picture of test-case predictions."""
+import json
+import os
+from typing import List
+
+import numpy as np
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+BASELINE = "supervised"  # the method every other one is compared with, on the same split
+
+
+def mean_sd(values) -> List[float]:
+    """[mean, sample sd] over seeds, NaNs (class absent from every test case) ignored; the sd is NaN for a
+    single value (one seed has no spread) and both are NaN if all values are."""
+    values = np.asarray(values, dtype=float)
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return [float("nan"), float("nan")]
+    return [float(finite.mean()), float(finite.std(ddof=1)) if finite.size > 1 else float("nan")]
+
+
+def paired_vs_baseline(runs: List[dict], fraction: float, method: str) -> List[float]:
+    """mean Dice of `method` minus supervised nnU-Net's on the same split, one value per seed where both ran."""
+    return [r["methods"][method]["mean"]["Dice"] - r["methods"][BASELINE]["mean"]["Dice"] for r in runs
+            if r["fraction"] == fraction and method in r["methods"] and BASELINE in r["methods"]]
+
+
+def summarize(runs: List[dict], methods: List[str], class_names: List[str]) -> dict:
+    """mean ± sd over seeds of the mean and per-class Dice (and mean IoU/HD95), per fraction and method."""
+    summary = {}
+    for fraction in sorted({r["fraction"] for r in runs}):
+        summary[str(fraction)] = {}
+        for method in methods:
+            per_seed = [r["methods"][method] for r in runs if r["fraction"] == fraction and method in r["methods"]]
+            if not per_seed:
+                continue
+            entry = {"seeds": len(per_seed),
+                     "paired_Dice_vs_supervised": mean_sd(paired_vs_baseline(runs, fraction, method))}
+            for metric in ("Dice", "IoU", "HD95"):
+                entry[f"mean_{metric}"] = mean_sd([m["mean"][metric] for m in per_seed])
+            entry["foreground_volume_ratio"] = mean_sd([m["foreground_volume_ratio"]["median"] for m in per_seed])
+            entry["per_class_Dice"] = {c: mean_sd([m["per_class"][c]["Dice"] for m in per_seed]) for c in class_names}
+            quality = [m["pseudo_labels"]["mean_Dice"] for m in per_seed if "pseudo_labels" in m]
+            if quality:
+                entry["pseudo_label_mean_Dice"] = {k: mean_sd([q[k] for q in quality]) for k in quality[0]}
+            volume = [m["pseudo_labels"]["foreground_volume_ratio"] for m in per_seed
+                      if "foreground_volume_ratio" in m.get("pseudo_labels", {})]  # older cached runs lack it
+            if volume:
+                entry["pseudo_label_volume_ratio"] = {k: mean_sd([v[k] for v in volume]) for k in volume[0]}
+            summary[str(fraction)][method] = entry
+    return summary
+
+
+def fmt_mean_sd(v: List[float], scale: float = 100.0, digits: int = 1, sign: bool = False) -> str:
+    """'mean ± sd' (just 'mean' for one seed, 'n/a' without values), scaled to % by default."""
+    if np.isnan(v[0]):
+        return "n/a"
+    text = f"{scale * v[0]:{'+' if sign else ''}.{digits}f}"
+    return text if np.isnan(v[1]) else f"{text} ± {scale * v[1]:.{digits}f}"
+
+
+def markdown_table(summary: dict, class_names: List[str], args) -> str:
+    pm = fmt_mean_sd
+    lines = [f"Schedule `{args.schedule}`, configuration {args.configuration}, batch size {args.batch_size}, fold "
+             f"{args.fold}, final checkpoints; Dice in %, mean ± sample sd over seeds {args.seeds} (no sd for one "
+             f"seed). 'vs supervised': the method's mean Dice minus supervised nnU-Net's on the same split, "
+             f"mean ± sd of these paired differences.", ""]
+    for fraction, methods in summary.items():
+        lines += [f"### {float(fraction) * 100:g} % labeled", "",
+                  "| method | mean Dice | vs supervised (paired) | mean IoU | mean HD95 (mm) | foreground volume "
+                  "pred/true (median) | seeds |", "|---|---|---|---|---|---|---|"]
+        for method, e in methods.items():
+            lines.append(f"| {method} | {pm(e['mean_Dice'])} | {pm(e['paired_Dice_vs_supervised'], sign=True)} | "
+                         f"{pm(e['mean_IoU'])} | {pm(e['mean_HD95'], scale=1.0)} | "
+                         f"{pm(e['foreground_volume_ratio'], scale=1.0, digits=2)} | {e['seeds']} |")
+        quality = {m: e["pseudo_label_mean_Dice"] for m, e in methods.items() if "pseudo_label_mean_Dice" in e}
+        if quality:
+            lines += ["", "Pseudo labels on unlabeled training cases (mean Dice vs their true labels of the final "
+                      "teacher and VLM, no test-time augmentation; for supervised nnU-Net its network, i.e. the "
+                      "labels self-training would start from; a training signal, not a test score), and the "
+                      "median predicted / true foreground volume of each source (shrinking or growing the spine "
+                      "shows here without a test prediction):", "",
+                      "| method | teacher | VLM (y_text) | refined | foreground volume teacher / VLM / refined |",
+                      "|---|---|---|---|---|"]
+            for m, q in quality.items():
+                volume = methods[m].get("pseudo_label_volume_ratio", {})
+                lines.append(f"| {m} | " + " | ".join(pm(q[k]) if k in q else "-" for k in ("teacher", "text",
+                                                                                             "refined"))
+                             + " | " + " / ".join(pm(volume[k], scale=1.0, digits=2) for k in volume) + " |")
+        lines += ["", "| class | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+        for c in class_names:
+            lines.append(f"| {c} | " + " | ".join(pm(methods[m]["per_class_Dice"][c]) for m in methods) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_summary(summary: dict, class_names: List[str], out_png: str) -> None:
+    from nnunet_cps4.plots import plt  # matplotlib (non-interactive backend): only when drawing
+
+    fractions = list(summary)
+    fig, axes = plt.subplots(len(fractions), 1, figsize=(12, 3.5 * len(fractions)), squeeze=False)
+    for ax, fraction in zip(axes[:, 0], fractions):
+        methods = list(summary[fraction])
+        width = 0.8 / max(1, len(methods))
+        x = np.arange(len(class_names))
+        for i, m in enumerate(methods):
+            means = [summary[fraction][m]["per_class_Dice"][c][0] for c in class_names]
+            sds = [summary[fraction][m]["per_class_Dice"][c][1] for c in class_names]
+            ax.bar(x + i * width, means, width, yerr=sds,
+                   label=f"{m} ({100 * summary[fraction][m]['mean_Dice'][0]:.1f})")
+        ax.set_xticks(x + 0.4 - width / 2)
+        ax.set_xticklabels(class_names, fontsize=7, rotation=45)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("Dice")
+        ax.set_title(f"{float(fraction) * 100:g} % labeled (mean Dice in legend)", fontsize=9)
+        ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+
+
+def plot_test_cases(out: str, source: str, run: dict, methods: List[str], num_labels: int, out_png: str,
+                    num_cases: int = 3) -> None:
+    """Every method's prediction of the first test cases of one run, beside image and reference (a picture of
+    what the mean Dice summarises; drawn after the evaluation, from its files)."""
+    from nnunet_cps4.plots import save_prediction_panels  # matplotlib: only when drawing
+
+    methods = [m for m in methods if m in run["methods"]]
+    run_key = f"fraction_{run['fraction']}_seed_{run['seed']}"
+    with open(os.path.join(source, "dataset.json")) as f:
+        ending = json.load(f)["file_ending"]
+    rw = SimpleITKIO()
+    rows = []
+    for case in sorted(run["methods"][methods[0]]["cases"])[:num_cases] if methods else []:
+        image = rw.read_images([os.path.join(source, "imagesTs", f"{case}_0000{ending}")])[0][0]
+        reference = rw.read_seg(os.path.join(source, "labelsTs", case + ending))[0][0]
+        predictions = [rw.read_seg(os.path.join(out, "predictions", m, run_key, case + ending))[0][0]
+                       for m in methods]
+        rows.append((case, image, reference, predictions))
+    if rows:
+        save_prediction_panels(rows, methods, num_labels, out_png)

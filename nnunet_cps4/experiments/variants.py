@@ -1,0 +1,129 @@
+"""Method experiments as data: one table row per variant (name -> base trainer, settings, why), and the short
+CPU schedules the benchmark runs them with.
+
+The benchmark materialises every row (and every schedule of every public and experimental trainer) as classes of
+this module and points nnUNet_extTrainer at `ext_trainers/` beside it, so `nnUNetv2_train`, `nnUNetv2_predict` and
+the plugin's commands find them during its runs; they never enter a user's `-tr` namespace. A row changes class
+attributes only: plain values, or field updates of a dataclass attribute (`pseudo_label_rule`, `vlm_config`), or
+`vlm_trainer` (the name of the stage-(i) trainer a CPS4 row uses). How each variant did is in docs/BENCHMARKS.md.
+"""
+import os
+from dataclasses import is_dataclass, replace
+from typing import Dict, NamedTuple
+
+from nnunet_cps4.errors import CPS4Error
+from nnunet_cps4.nnunet.trainers import registry
+from nnunet_cps4.nnunet.trainers.schedules import SCHEDULES, with_schedule
+
+# the benchmark's schedules on 2 CPU cores (nnU-Net's own lengths are in schedules.SCHEDULES)
+BENCHMARK_SCHEDULES: Dict[str, dict] = {
+    # tests and quick checks: 2 epochs x 10 iterations, 2 validation iterations, a checkpoint every epoch
+    "smoke": dict(epochs=2, iterations_per_epoch=10, val_iterations_per_epoch=2, save_every=1),
+    # the README's main job (nnUNetv2_cps4_benchmark --preset demo): within its 15-minute budget on 2 CPU cores
+    "demo": dict(epochs=25, iterations_per_epoch=50, val_iterations_per_epoch=2, save_every=10),
+    # docs/BENCHMARKS.md on 2 CPU cores: 5000 iterations
+    "cpu5k": dict(epochs=100, iterations_per_epoch=50, val_iterations_per_epoch=2, save_every=25),
+}
+ALL_SCHEDULES = {**SCHEDULES, **BENCHMARK_SCHEDULES}
+
+
+class Variant(NamedTuple):
+    base: str        # a public trainer or an earlier row
+    settings: dict   # class attributes to change
+    why: str         # what it tests
+
+
+# labeled cases alone for the first half of the schedule, then lambda ramps to its maximum over the next 20 %
+_WARMUP = {"unlabeled_start_fraction": 0.5, "rampup_fraction": 0.2}
+
+VARIANTS: Dict[str, Variant] = {
+    "nnUNetTrainerMeanTeacher_hardDiceCE": Variant(
+        "nnUNetTrainerMeanTeacher", {"pseudo_label_dice_weight": 1.0,
+                                     "pseudo_label_rule": {"confidence_threshold": 0.0}},
+        "every pixel's hard pseudo label with Dice+CE (the first version)"),
+    "nnUNetTrainerMeanTeacher_lowWeight": Variant(
+        "nnUNetTrainerMeanTeacher", {"unlabeled_weight": 0.1},
+        "lambda_max 0.1, the consistency weight of the usual segmentation mean-teacher code"),
+    "nnUNetTrainerMeanTeacher_warmup": Variant(
+        "nnUNetTrainerMeanTeacher", dict(_WARMUP),
+        "pseudo labels only from a teacher that has learnt the labeled cases"),
+    "nnUNetTrainerMeanTeacher_warmupDice": Variant(
+        "nnUNetTrainerMeanTeacher", {**_WARMUP, "pseudo_label_dice_weight": 1.0},
+        "_warmup with Dice+CE on the confident pixels (CE alone, on mostly-background confident pixels, shrinks "
+        "the spine)"),
+    "nnUNetTrainerCPS4VLM_segLoss": Variant(
+        "nnUNetTrainerCPS4VLM", {"segmentation_loss_weight": 1.0},
+        "attention losses plus nnU-Net's Dice+CE on the similarity maps (not in the paper)"),
+    "nnUNetTrainerCPS4VLM_vit": Variant(
+        "nnUNetTrainerCPS4VLM", {"vlm_config": {"vision": "vit"}}, "a timm ViT as vision branch (the paper's)"),
+    "nnUNetTrainerCPS4_textOnly": Variant(
+        "nnUNetTrainerCPS4", {"combined_loss_weight": 0.0}, "pseudo labels from the VLM alone: L(student, y_text)"),
+    "nnUNetTrainerCPS4_vlmSegLoss": Variant(
+        "nnUNetTrainerCPS4", {"vlm_trainer": "nnUNetTrainerCPS4VLM_segLoss"},
+        "CPS4 with the _segLoss VLM"),
+    "nnUNetTrainerCPS4_hardDiceCE": Variant(
+        "nnUNetTrainerCPS4", {"pseudo_label_dice_weight": 1.0,
+                              "pseudo_label_rule": {"confidence_threshold": 0.0, "silent_text_ignored": False}},
+        "every pixel supervised with hard labels and Dice+CE, silent VLM pixels as background (the first version)"),
+    "nnUNetTrainerCPS4_lowWeight": Variant("nnUNetTrainerCPS4", {"unlabeled_weight": 0.1}, "lambda_max 0.1"),
+    "nnUNetTrainerCPS4_warmup": Variant("nnUNetTrainerCPS4", dict(_WARMUP), "CPS4 with the labeled-only warm-up"),
+    "nnUNetTrainerCPS4_warmupRefinedOnly": Variant(
+        "nnUNetTrainerCPS4", {**_WARMUP, "text_loss_weight": 0.0},
+        "_warmup without L(student, y_text): the VLM acts only through the refined label"),
+    "nnUNetTrainerCPS4_warmupRefinedOnlyDice": Variant(
+        "nnUNetTrainerCPS4", {**_WARMUP, "text_loss_weight": 0.0, "pseudo_label_dice_weight": 1.0},
+        "_warmupRefinedOnly with Dice+CE on the refined label"),
+    "nnUNetTrainerCPS4_warmupDiceVeto": Variant(
+        "nnUNetTrainerCPS4", {**_WARMUP, "text_loss_weight": 0.0, "pseudo_label_dice_weight": 1.0,
+                              "pseudo_label_rule": {"silent_defers": True}},
+        "meanteacher_warmupDice with the VLM as a veto: where a VLM map fires and disagrees the pixel is left out"),
+}
+
+
+def _materialise(name: str, variant: Variant, namespace: dict) -> type:
+    base = namespace[variant.base]
+    attributes = {"__module__": __name__, "__qualname__": name, "__doc__": f"{variant.base}: {variant.why}."}
+    for key, value in variant.settings.items():
+        if key == "vlm_trainer":
+            attributes["vlm_trainer_class"] = namespace[value]
+            continue
+        if not hasattr(base, key):
+            raise CPS4Error(f"variant {name}: {variant.base} has no setting {key!r}. Fix the VARIANTS table")
+        current = getattr(base, key)
+        attributes[key] = replace(current, **value) if is_dataclass(current) and isinstance(value, dict) else value
+    return type(name, (base,), attributes)
+
+
+def _build_namespace() -> Dict[str, type]:
+    namespace = {name: getattr(registry, name) for name in registry.__all__}
+    for name, variant in VARIANTS.items():
+        namespace[name] = _materialise(name, variant, namespace)
+    for family in [*registry.FAMILIES, *(namespace[name] for name in VARIANTS)]:
+        for schedule, settings in ALL_SCHEDULES.items():
+            with_schedule(family, schedule, settings, namespace, __name__)
+    return namespace
+
+
+globals().update(_build_namespace())
+__all__ = sorted(name for name in dir() if name.startswith("nnUNetTrainer"))
+
+
+def method_name(trainer_name: str) -> str:
+    """The benchmark's short name of a trainer family: nnUNetTrainerCPS4_noTokenLoss -> cps4_noTokenLoss."""
+    family, _, variant = trainer_name[len("nnUNetTrainer"):].partition("_")
+    short = {"Supervised": "supervised", "MeanTeacher": "meanteacher", "CPS4": "cps4", "CPS4VLM": "vlm"}[family]
+    return f"{short}_{variant}" if variant else short
+
+
+#: benchmark method name -> trainer family (without schedule): the public families and every row of VARIANTS
+METHODS: Dict[str, str] = {method_name(cls.__name__): cls.__name__ for cls in registry.FAMILIES}
+METHODS.update({method_name(name): name for name in VARIANTS})
+
+
+def trainer_class(name: str) -> type:
+    """Any trainer of the benchmark by name (public, experimental, with or without schedule), else nnU-Net's."""
+    return globals()[name] if name in __all__ else registry.find_trainer_class(name)
+
+
+#: the folder for nnUNet_extTrainer that makes every trainer of this module visible to nnU-Net's commands
+EXPERIMENT_TRAINER_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ext_trainers")
