@@ -36,7 +36,7 @@ from nnunet_cps4.experiments.evaluation import evaluate_folder, foreground_volum
 from nnunet_cps4.experiments.pseudo_label_quality import pseudo_label_quality, unlabeled_cases_with_references
 from nnunet_cps4.experiments.report import (BASELINE, markdown_table, plot_summary, plot_test_cases,
                                             summarize)
-from nnunet_cps4.experiments.variants import EXPERIMENT_TRAINER_FOLDER, METHODS
+from nnunet_cps4.experiments.variants import ALL_SCHEDULES, EXPERIMENT_TRAINER_FOLDER, METHODS
 from nnunet_cps4.nnunet.discovery import EXT_TRAINER_FOLDER, ext_trainer_value
 
 PRESETS: Dict[str, dict] = {
@@ -68,24 +68,64 @@ def _bench_env(out: str, extra: Optional[dict] = None) -> dict:
         env[var] = os.path.join(out, var)
         os.makedirs(env[var], exist_ok=True)
     env.setdefault("nnUNet_def_n_proc", "2")
+    env["PYTHONUNBUFFERED"] = "1"  # training output reaches the per-epoch progress lines as it is written
     env["nnUNet_extTrainer"] = ext_trainer_value(env.get("nnUNet_extTrainer", ""),
                                              (EXT_TRAINER_FOLDER, EXPERIMENT_TRAINER_FOLDER))
     env.update(extra or {})
     return env
 
 
-def _run(cmd: List[str], env: dict, log: str) -> float:
-    """Run a console script, appending its output to `log`; return the wall time."""
+def _run(cmd: List[str], env: dict, log: str, progress: Optional[str] = None, epochs: Optional[int] = None) -> float:
+    """Run a console script, appending its output to `log`; return the wall time.
+
+    With `progress` (a label) the output of an nnU-Net training is also summarised on the console, one line per
+    epoch: epoch k of `epochs`, train loss, epoch time and the time left (stage (i) and stage (ii) of a CPS4
+    training are shown as such)."""
     start = time.time()
     with open(log, "a") as f:
         f.write(f"\n$ {' '.join(cmd)}\n")
         f.flush()
-        result = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1)
+        monitor = _EpochProgress(progress, epochs) if progress else None
+        for line in proc.stdout:
+            f.write(line)
+            if monitor is not None:
+                monitor.feed(line)
+        returncode = proc.wait()
         seconds = time.time() - start
-        f.write(f"# {os.path.basename(cmd[0])}: exit {result.returncode}, {seconds:.1f} s wall\n")
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {result.returncode}); see {log}")
+        f.write(f"# {os.path.basename(cmd[0])}: exit {returncode}, {seconds:.1f} s wall\n")
+    if returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {returncode}); see {log}")
     return seconds
+
+
+class _EpochProgress:
+    """Turns nnU-Net's per-epoch console lines ('Epoch k', 'train_loss x', 'Epoch time: t s') into one line."""
+
+    def __init__(self, label: str, epochs: Optional[int]):
+        self.label, self.epochs, self.stage = label, epochs, ""
+        self.epoch, self.loss, self.times = None, None, []
+
+    def feed(self, line: str) -> None:
+        text = line.strip()
+        if text.startswith("No stage-(i) VLM"):
+            self.stage, self.times = " stage (i)", []
+        elif text.startswith("Stage-(i) VLM loaded"):
+            self.stage, self.times = " stage (ii)", []
+        elif text.startswith("Epoch ") and text[6:].isdigit():
+            self.epoch = int(text[6:])
+        elif text.startswith("train_loss"):
+            self.loss = text.split()[-1]
+        elif text.startswith("Epoch time:") and self.epoch is not None:
+            self.times.append(float(text.split()[2]))
+            done = self.epoch + 1
+            of = f" of {self.epochs}" if self.epochs else ""
+            left = ""
+            if self.epochs:
+                left = f", ~{(self.epochs - done) * sum(self.times) / len(self.times) / 60:.1f} min left"
+            print(f"  {self.label}{self.stage}: epoch {done}{of}, train_loss {self.loss}, "
+                  f"{self.times[-1]:.1f} s/epoch{left}", flush=True)
 
 
 def _script(name: str) -> str:
@@ -201,7 +241,8 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
         if not os.path.isfile(os.path.join(model, f"fold_{args.fold}", "checkpoint_final.pth")):
             print(f"[{run_key}] training {trainer} ...", flush=True)
             train_seconds = _run([_script("nnUNetv2_cps4_pretrain_vlm" if is_vlm else "nnUNetv2_train")] + common,
-                                 env, log)
+                                 env, log, progress=f"[{run_key}] {method}",
+                                 epochs=ALL_SCHEDULES[args.schedule].get("epochs"))
         images = os.path.join(source, "imagesTs")
         if is_vlm:
             _run([_script("nnUNetv2_cps4_predict_vlm"), "-i", images, "-o", pred, "-d", str(dataset_id), "-c",

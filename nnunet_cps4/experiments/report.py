@@ -66,6 +66,11 @@ def markdown_table(summary: dict, class_names: List[str], args) -> str:
              f"{args.fold}, final checkpoints; Dice in %, mean ± sample sd over seeds {args.seeds} (no sd for one "
              f"seed). 'vs supervised': the method's mean Dice minus supervised nnU-Net's on the same split, "
              f"mean ± sd of these paired differences.", ""]
+    if len(args.seeds) < 3:
+        lines += [f"**How far this can be trusted:** {len(args.seeds)} split seed(s) and one training run per "
+                  f"method, schedule `{args.schedule}`. nnU-Net training is not deterministic: two identical runs "
+                  f"can differ by several Dice points, so a single run decides nothing; compare methods over "
+                  f"several split seeds (and repeated runs) before calling a difference.", ""]
     for fraction, methods in summary.items():
         lines += [f"### {float(fraction) * 100:g} % labeled", "",
                   "| method | mean Dice | vs supervised (paired) | mean IoU | mean HD95 (mm) | foreground volume "

@@ -51,6 +51,16 @@ VARIANTS: Dict[str, Variant] = {
         "nnUNetTrainerMeanTeacher", {**_WARMUP, "pseudo_label_dice_weight": 1.0},
         "_warmup with Dice+CE on the confident pixels (CE alone, on mostly-background confident pixels, shrinks "
         "the spine)"),
+    "nnUNetTrainerSupervised_noSIMirror": Variant(
+        "nnUNetTrainerSupervised", {"mirror_superior_inferior": False},
+        "no superior-inferior mirroring in augmentation and test-time augmentation (it swaps the spine's ends)"),
+    "nnUNetTrainerMeanTeacher_noSIMirror": Variant(
+        "nnUNetTrainerMeanTeacher", {"mirror_superior_inferior": False}, "the mean teacher without SI mirroring"),
+    "nnUNetTrainerCPS4VLM_noSIMirror": Variant(
+        "nnUNetTrainerCPS4VLM", {"mirror_superior_inferior": False}, "stage (i) without SI mirroring"),
+    "nnUNetTrainerCPS4_noSIMirror": Variant(
+        "nnUNetTrainerCPS4", {"mirror_superior_inferior": False, "vlm_trainer": "nnUNetTrainerCPS4VLM_noSIMirror"},
+        "CPS4 (both stages) without SI mirroring"),
     "nnUNetTrainerCPS4VLM_segLoss": Variant(
         "nnUNetTrainerCPS4VLM", {"segmentation_loss_weight": 1.0},
         "attention losses plus nnU-Net's Dice+CE on the similarity maps (not in the paper)"),

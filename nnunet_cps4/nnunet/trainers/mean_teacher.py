@@ -34,6 +34,7 @@ from nnunet_cps4.method.pseudo_labels import PseudoLabelRule
 from nnunet_cps4.nnunet.checkpoints import ExtraCheckpointStateMixin
 from nnunet_cps4.nnunet.trainers.common import (FoldGuardMixin, backward_and_step, log_epoch_means,
                                                 register_log_keys, unwrap)
+from nnunet_cps4.nnunet.trainers.spine_mirroring import SpineMirroringMixin
 from nnunet_cps4.nnunet.unlabeled import (build_unlabeled_dataloader, ensure_unlabeled_preprocessed,
                                           unlabeled_folder_name)
 
@@ -56,7 +57,7 @@ def labels_like_outputs(labels: torch.Tensor, outputs) -> List[torch.Tensor]:
     return result
 
 
-class nnUNetTrainerMeanTeacher(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrainer):
+class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrainer):
     # --- semi-supervised settings; variants override these class attributes -----------------------------
     ema_decay: float = 0.99              # teacher alpha = min(1 - 1/(step + 1), ema_decay)
     unlabeled_weight: float = 1.0        # lambda_max, the weight of the unlabeled loss after the ramp

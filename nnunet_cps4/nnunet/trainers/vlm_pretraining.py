@@ -44,11 +44,12 @@ from nnunet_cps4.nnunet.checkpoints import (VLM_METADATA_FORMAT, ExtraCheckpoint
 from nnunet_cps4.nnunet.trainers.common import (FoldGuardMixin, backward_and_step, log_epoch_means,
                                                 register_log_keys, unwrap)
 from nnunet_cps4.nnunet.trainers.schedules import apply_schedule
+from nnunet_cps4.nnunet.trainers.spine_mirroring import SpineMirroringMixin
 from nnunet_cps4.nnunet.vlm_from_plans import build_vlm
 from nnunet_cps4.nnunet.vlm_prediction import fused_case_prediction, vlm_predictor
 
 
-class nnUNetTrainerCPS4VLM(FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrainer):
+class nnUNetTrainerCPS4VLM(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrainer):
     # --- stage (i) settings; variants override these class attributes ---------------------------------------
     token_loss_weight: float = 1.0
     pixel_loss_weight: float = 1.0
