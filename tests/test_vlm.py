@@ -104,3 +104,17 @@ def test_every_trainer_variant_instantiates(plans, monkeypatch):
     assert veto.unlabeled_start_fraction == 0.5 and veto.text_loss_weight == 0.0
     assert veto.pseudo_label_rule.confidence_threshold == registry.nnUNetTrainerCPS4.pseudo_label_rule.confidence_threshold
     assert variants.nnUNetTrainerCPS4_vlmSegLoss_smoke.vlm_trainer_class.segmentation_loss_weight == 1.0
+
+
+def test_group_poly_schedule_keeps_the_encoder_learning_rate_factor():
+    from nnunet_cps4.nnunet.trainers.vlm_pretraining import GroupPolyLRScheduler
+
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{"params": [a], "lr": 0.01, "lr_factor": 1.0},
+                                 {"params": [b], "lr": 0.001, "lr_factor": 0.1}], 0.01)
+    scheduler = GroupPolyLRScheduler(optimizer, 0.01, 10)
+    for _ in range(5):
+        scheduler.step()
+    decoder_lr, encoder_lr = (g["lr"] for g in optimizer.param_groups)
+    assert decoder_lr == pytest.approx(0.01 * (1 - 5 / 10) ** 0.9, rel=1e-6)
+    assert encoder_lr == pytest.approx(0.1 * decoder_lr)

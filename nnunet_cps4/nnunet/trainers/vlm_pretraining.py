@@ -27,6 +27,7 @@ from torch import distributed as dist
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss, get_tp_fp_fn_tn
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
@@ -133,6 +134,16 @@ class nnUNetTrainerCPS4VLM(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpointS
         }
         return vlm, metadata
 
+    def configure_optimizers(self):
+        """nnU-Net's SGD and poly schedule; with a fine-tuned pretrained encoder its parameters form a group whose
+        learning rate stays `encoder_lr_factor` times the others' through the schedule."""
+        optimizer, scheduler = super().configure_optimizers()
+        if not self.vlm_config.finetune_encoder:
+            return optimizer, scheduler
+        optimizer = torch.optim.SGD(unwrap(self.network).parameter_groups(self.initial_lr), self.initial_lr,
+                                    weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
+        return optimizer, GroupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
     def set_deep_supervision_enabled(self, enabled: bool):
         pass  # the VLM has no deep supervision
 
@@ -237,6 +248,17 @@ class nnUNetTrainerCPS4VLM(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpointS
                                    f"{n} {d:.3f}" for n, d in summary["fused_map_dice_per_class"].items()))
         if self.is_ddp:
             dist.barrier()
+
+
+class GroupPolyLRScheduler(PolyLRScheduler):
+    """nnU-Net's poly schedule, scaled per parameter group by the group's "lr_factor" (nnU-Net's own scheduler
+    writes one learning rate into every group)."""
+
+    def step(self, current_step=None):
+        super().step(current_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] *= group.get("lr_factor", 1.0)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
 
 def run_stage1(trainer_class, plans: dict, configuration: str, fold, dataset_json: dict, device: torch.device,
