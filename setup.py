@@ -46,6 +46,7 @@ setup(
             "nnUNetv2_cps4_predict_vlm=nnunet_cps4.commands.predict_vlm:main",
             "nnUNetv2_cps4_cost=nnunet_cps4.commands.cost:main",
             "nnUNetv2_cps4_benchmark=nnunet_cps4.commands.benchmark:main",
+            "nnUNetv2_cps4_order_levels=nnunet_cps4.commands.order_levels:main",
         ]
     },
 )

@@ -7,7 +7,8 @@ import pytest
 from nnunet_cps4.data.layout import MRSPINESEG_LABELS
 from nnunet_cps4.errors import CPS4Error
 from nnunet_cps4.method.prompts import (DEFAULT_PROMPT_TEMPLATES, PROMPT_FORMAT, PROMPTS_ENV, ClassPrompts,
-                                 load_class_prompts, load_prompt_file, shipped_prompt_files, template_prompts)
+                                 SpineOrder, load_class_prompts, load_prompt_file, shipped_prompt_files,
+                                 template_prompts)
 
 FG = sorted(((n, i) for n, i in MRSPINESEG_LABELS.items() if i != 0), key=lambda x: x[1])
 SMALL = {"labels": {"background": 0, "L4": 2, "L5": 1, "L4/L5": 3}}
@@ -170,3 +171,65 @@ def test_missing_file_names_what_and_where(tmp_path, monkeypatch):
     monkeypatch.setenv(PROMPTS_ENV, "/does/not/exist.json")
     with pytest.raises(CPS4Error, match=f"{PROMPTS_ENV}.*/does/not/exist.json"):
         load_class_prompts(SMALL, str(raw))
+
+
+# ---------------------------------------------------------------- spine order
+MRSPINESEG_SEQUENCE = ("S", "L5/S", "L5", "L4/L5", "L4", "L3/L4", "L3", "L2/L3", "L2", "L1/L2", "L1", "T12/L1", "T12",
+                       "T11/T12", "T11", "T10/T11", "T10", "T9/T10", "T9")
+# fingerprint of the shipped MRSpineSeg prompts before "spine_order" was added: checkpoints keep matching
+MRSPINESEG_FINGERPRINT = "c13df79eaa1003f0ed7ced2b6ce3daef9df6d6ae7c24cac30131f69e34576613"
+
+
+def _write_order(path, order):
+    path.write_text(json.dumps({"format": PROMPT_FORMAT, "spine_order": order, "classes": {
+        "L5": ["fifth lumbar vertebra"], "L4": ["fourth lumbar vertebra"], "L4/L5": ["disc between L4 and L5"]}}))
+    return path
+
+
+def test_shipped_mrspineseg_spine_order():
+    cp = load_class_prompts({"labels": dict(MRSPINESEG_LABELS), "cps4": {"prompt_file": "mrspineseg"}})
+    assert cp.spine_order == SpineOrder(MRSPINESEG_SEQUENCE, MRSPINESEG_SEQUENCE[1::2], "S")
+    assert set(cp.spine_order.sequence) == set(cp.class_names)
+    res = resources.files("nnunet_cps4.text_prompts") / "mrspineseg.json"
+    assert "nnunet_cps4.data.layout.MRSPINESEG_LABELS" in json.loads(res.read_text(encoding="utf-8"))["description"]
+
+
+def test_spine_order_is_not_part_of_the_fingerprint_but_of_the_dict():
+    cp = load_class_prompts({"labels": dict(MRSPINESEG_LABELS), "cps4": {"prompt_file": "mrspineseg"}})
+    assert cp.fingerprint() == MRSPINESEG_FINGERPRINT
+    plain = ClassPrompts(cp.class_names, cp.label_ids, cp.prompts, cp.source)
+    assert plain.spine_order is None and plain.fingerprint() == cp.fingerprint()
+    d = json.loads(json.dumps(cp.to_dict()))
+    assert d["spine_order"] == {"sequence": list(MRSPINESEG_SEQUENCE), "discs": list(MRSPINESEG_SEQUENCE[1::2]),
+                                "anchor": "S"}
+    assert ClassPrompts.from_dict(d) == cp and ClassPrompts.from_dict(d).spine_order == cp.spine_order
+    assert "spine_order" not in plain.to_dict() and ClassPrompts.from_dict(plain.to_dict()) == plain
+
+
+def test_spine_order_optional(tmp_path):
+    assert load_prompt_file(_small_file(tmp_path / "p.json"), SMALL).spine_order is None
+    assert load_prompt_file(_write_order(tmp_path / "n.json", None), SMALL).spine_order is None
+    assert template_prompts({"labels": dict(MRSPINESEG_LABELS)}).spine_order is None
+    order = {"sequence": ["L5", "L4/L5", "L4"], "discs": ["L4/L5"]}
+    assert load_prompt_file(_write_order(tmp_path / "o.json", order), SMALL).spine_order == \
+        SpineOrder(("L5", "L4/L5", "L4"), ("L4/L5",), None)
+
+
+@pytest.mark.parametrize("order, expected", [
+    ({"sequence": ["L5", "L4", "L4/L5"], "discs": ["L4/L5"]}, "must alternate, but two of a kind follow each "
+                                                              "other: 'L5' -> 'L4'"),
+    ({"sequence": ["L5", "L4/L5", "L3"], "discs": ["L4/L5"]}, "not dataset.json foreground labels: ['L3']"),
+    ({"sequence": ["L5", "L4/L5", "L4"], "discs": ["L4/L5"], "anchor": "S"}, "'anchor' 'S' is not in 'sequence'"),
+    ({"sequence": ["L5", "L4/L5", "L5"], "discs": ["L4/L5"]}, "listed twice in 'sequence': ['L5']"),
+    ({"sequence": ["L5", "L4/L5"], "discs": ["L4/L5", "L4"]}, "every name in 'discs' must also be in 'sequence'"),
+    ({"sequence": ["L5", "L4/L5", "L4"], "discs": ["L4/L5"], "anchors": "L5"}, "unknown keys ['anchors']"),
+    ({"sequence": "L5 L4/L5 L4", "discs": ["L4/L5"]}, "'sequence' and 'discs' must be lists of class names"),
+    ({"sequence": ["L5"], "discs": []}, "'sequence' needs at least two classes"),
+    (["L5", "L4/L5", "L4"], "must be an object, got list"),
+])
+def test_spine_order_errors_name_file_and_fix(tmp_path, order, expected):
+    f = _write_order(tmp_path / "bad.json", order)
+    with pytest.raises(CPS4Error) as e:
+        load_prompt_file(f, SMALL)
+    msg = str(e.value)
+    assert str(f) in msg and "'spine_order'" in msg and expected in msg and "Fix:" in msg, msg

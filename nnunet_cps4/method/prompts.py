@@ -10,7 +10,9 @@ A prompt file is JSON (format documented in text_prompts/README.md):
 ```
 
 Keys under "classes" are the dataset.json label names, exactly; every foreground class (all labels except the
-background, value 0, and the "ignore" label) needs one or more prompts, and no other key is allowed.
+background, value 0, and the "ignore" label) needs one or more prompts, and no other key is allowed. An optional
+"spine_order" declares the order of the vertebra and disc classes along the spine (`SpineOrder`), used by
+nnunet_cps4.method.spine_order; it is not part of the prompt fingerprint.
 
 Which prompts a dataset gets (`load_class_prompts`), first match wins:
 
@@ -41,12 +43,26 @@ CPS4_JSON_KEY = "cps4"  # same key as nnunet_cps4.data.layout.CPS4_JSON_KEY (not
 PROMPT_FILE_KEY = "prompt_file"
 PROMPT_TEMPLATES_KEY = "prompt_templates"
 TEMPLATE_SOURCE = "template"
+SPINE_ORDER_KEY = "spine_order"
 SHIPPED_PACKAGE = "nnunet_cps4.text_prompts"
 
 # Prompts for a dataset without a prompt file: each template with "{name}" replaced by the label name
 # (underscores shown as spaces). Modality-neutral on purpose; a dataset sets its own list under
 # dataset.json "cps4": {"prompt_templates": ["a sagittal T2 MR image of the {name}"]}.
 DEFAULT_PROMPT_TEMPLATES: Tuple[str, ...] = ("{name}", "the {name} in a medical image")
+
+
+@dataclass(frozen=True)
+class SpineOrder:
+    """The anatomical order of a dataset's vertebra and disc classes along the spine (prompt-file key "spine_order").
+
+    sequence: class names from caudal to cranial, vertebrae and discs alternating (e.g. "S", "L5/S", "L5", ...).
+    discs:    the names in `sequence` that are discs; the others are vertebrae.
+    anchor:   the most reliably recognised class, from which levels are counted (e.g. "S"), or None.
+    """
+    sequence: Tuple[str, ...]
+    discs: Tuple[str, ...]
+    anchor: Optional[str] = None
 
 
 @dataclass
@@ -57,12 +73,14 @@ class ClassPrompts:
     label_ids:   their label values, same order (class_names[i] has value label_ids[i]).
     prompts:     class name -> one or more prompt strings.
     source:      the prompt file's path, or "template".
+    spine_order: the file's "spine_order" (`SpineOrder`), or None; not part of the fingerprint.
     """
     class_names: List[str]
     label_ids: List[int]
     prompts: Dict[str, List[str]]
     source: str
     templates: Optional[List[str]] = field(default=None)  # the templates used when source == "template"
+    spine_order: Optional[SpineOrder] = field(default=None)
 
     @property
     def num_classes(self) -> int:
@@ -85,13 +103,18 @@ class ClassPrompts:
              "prompts": {c: list(self.prompts[c]) for c in self.class_names}, "fingerprint": self.fingerprint()}
         if self.templates is not None:
             d["templates"] = list(self.templates)
+        if self.spine_order is not None:
+            o = self.spine_order
+            d[SPINE_ORDER_KEY] = {"sequence": list(o.sequence), "discs": list(o.discs), "anchor": o.anchor}
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ClassPrompts":
+        o = d.get(SPINE_ORDER_KEY)
         return cls(class_names=list(d["class_names"]), label_ids=[int(i) for i in d["label_ids"]],
                    prompts={k: list(v) for k, v in d["prompts"].items()}, source=d["source"],
-                   templates=list(d["templates"]) if d.get("templates") is not None else None)
+                   templates=list(d["templates"]) if d.get("templates") is not None else None,
+                   spine_order=SpineOrder(tuple(o["sequence"]), tuple(o["discs"]), o.get("anchor")) if o else None)
 
 
 def foreground_classes(dataset_json: dict) -> List[Tuple[str, int]]:
@@ -205,7 +228,35 @@ def _check_prompts(data, source: str, dataset_json: dict) -> ClassPrompts:
         raise CPS4Error(f"prompt file {source} does not fit the dataset: " + "; ".join(problems) +
                         ". Fix: the keys under 'classes' must be exactly the dataset.json label names except "
                         "background and ignore, each with a non-empty list of non-empty strings")
-    return ClassPrompts(names, [i for _, i in fg], {n: prompts[n] for n in names}, source)
+    order = data.get(SPINE_ORDER_KEY)
+    return ClassPrompts(names, [i for _, i in fg], {n: prompts[n] for n in names}, source,
+                        spine_order=None if order is None else _check_spine_order(order, source, names))
+
+
+def _check_spine_order(value, source: str, names: Sequence[str]) -> SpineOrder:
+    """A prompt file's "spine_order", checked against the dataset's class names; all problems in one CPS4Error."""
+    d = value if isinstance(value, dict) else {}
+    seq, discs, anchor = d.get("sequence"), d.get("discs"), d.get("anchor")
+    lists = all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in (seq, discs))
+    seq, discs = (seq, discs) if lists else ([], [])
+    unknown, extra = [n for n in seq + discs if n not in names], sorted(set(d) - {"sequence", "discs", "anchor"})
+    breaks = [f"{a!r} -> {b!r}" for a, b in zip(seq, seq[1:]) if (a in discs) == (b in discs)]
+    problems = [what for bad, what in (
+        (not isinstance(value, dict), f"must be an object, got {type(value).__name__}"),
+        (extra, f"unknown keys {extra}"),
+        (isinstance(value, dict) and not lists, "'sequence' and 'discs' must be lists of class names"),
+        (lists and len(seq) < 2, "'sequence' needs at least two classes"),
+        (unknown, f"names that are not dataset.json foreground labels: {unknown}"),
+        (len(set(seq)) < len(seq), f"names listed twice in 'sequence': {sorted({n for n in seq if seq.count(n) > 1})}"),
+        (any(n not in seq for n in discs), "every name in 'discs' must also be in 'sequence'"),
+        (breaks, f"vertebrae and discs must alternate, but two of a kind follow each other: {', '.join(breaks)}"),
+        (lists and anchor is not None and anchor not in seq, f"'anchor' {anchor!r} is not in 'sequence'")) if bad]
+    if problems:
+        raise CPS4Error(f"prompt file {source}: '{SPINE_ORDER_KEY}' " + "; ".join(problems) + ". Fix: "
+                        f"\"{SPINE_ORDER_KEY}\": {{\"sequence\": [class names from caudal to cranial, vertebrae and "
+                        f"discs alternating], \"discs\": [the discs among them], \"anchor\": \"a class to count "
+                        f"from, e.g. S (optional)\"}}, names as in dataset.json labels (see text_prompts/README.md)")
+    return SpineOrder(tuple(seq), tuple(discs), anchor)
 
 
 def _parse_prompt_text(text: str, source: str, dataset_json: dict) -> ClassPrompts:
