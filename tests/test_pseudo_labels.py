@@ -133,3 +133,37 @@ def test_non_finite_loss_stops_training_with_the_cases_named(planned_toy, monkey
         trainer.train_step({"data": data, "target": labels_like_outputs(labels, outputs), "keys": ["c0", "c3"]})
     message = str(info.value)
     assert "non-finite loss" in message and "supervised (labeled batch)" in message and "c0, c3" in message
+
+
+def test_ordered_pseudo_labels_put_the_levels_back_in_spine_order(planned_toy, monkeypatch, tmp_path):
+    import numpy as np
+
+    from nnunet_cps4.data.layout import MRSPINESEG_LABELS
+    from nnunet_cps4.experiments.variants import nnUNetTrainerMeanTeacher_ordered
+    from nnunet_cps4.method.prompts import load_shipped_prompts
+    from nnunet_cps4.method.spine_order import LevelOrder
+
+    # the toy dataset declares no spine order: the ordered variant says so before training
+    with pytest.raises(CPS4Error, match="declare no spine order"):
+        _trainer(nnUNetTrainerMeanTeacher_ordered, planned_toy, monkeypatch, tmp_path)
+
+    class _Ordered(nnUNetTrainerMeanTeacher):
+        pseudo_ignore_label = 99
+
+    trainer = _Ordered.__new__(_Ordered)  # only the ordering step is exercised
+    trainer.level_order = LevelOrder.from_prompts(load_shipped_prompts("mrspineseg", {"labels": MRSPINESEG_LABELS}))
+    trainer.spine_patch_axis = 0  # rows run head to feet
+    ids = MRSPINESEG_LABELS
+    truth = np.zeros((60, 10), np.int64)
+    rows = [("L3", 4), ("L3/L4", 3), ("L4", 4), ("L4/L5", 3), ("L5", 4), ("L5/S", 3), ("S", 6)]
+    y = 8
+    for name, height in rows:  # from the top down to the sacrum
+        truth[y:y + height, 2:8] = ids[name]
+        y += height + 1
+    swapped = truth.copy()
+    swapped[truth == ids["L4"]], swapped[truth == ids["L5"]] = ids["L5"], ids["L4"]
+    labels = torch.from_numpy(swapped)[None, None]
+    probs = torch.nn.functional.one_hot(labels[:, 0], 20).permute(0, 3, 1, 2).float()
+    assert torch.equal(trainer.ordered_levels(labels, probs)[0, 0], torch.from_numpy(truth))
+    trainer.level_order = None  # without ordering the labels pass unchanged
+    assert torch.equal(trainer.ordered_levels(labels, probs), labels)

@@ -61,6 +61,15 @@ VARIANTS: Dict[str, Variant] = {
     "nnUNetTrainerCPS4_noSIMirror": Variant(
         "nnUNetTrainerCPS4", {"mirror_superior_inferior": False, "vlm_trainer": "nnUNetTrainerCPS4VLM_noSIMirror"},
         "CPS4 (both stages) without SI mirroring"),
+    "nnUNetTrainerMeanTeacher_ordered": Variant(
+        "nnUNetTrainerMeanTeacher", {"order_pseudo_labels": True},
+        "the teacher's pseudo labels relabelled in spine order (method/spine_order.py) before the confidence cut"),
+    "nnUNetTrainerMeanTeacher_warmupDiceOrdered": Variant(
+        "nnUNetTrainerMeanTeacher", {**_WARMUP, "pseudo_label_dice_weight": 1.0, "order_pseudo_labels": True},
+        "meanteacher_warmupDice with spine-ordered pseudo labels"),
+    "nnUNetTrainerCPS4_ordered": Variant(
+        "nnUNetTrainerCPS4", {"order_pseudo_labels": True},
+        "CPS4 with the VLM map and the refined label in spine order"),
     "nnUNetTrainerCPS4VLM_segLoss": Variant(
         "nnUNetTrainerCPS4VLM", {"segmentation_loss_weight": 1.0},
         "attention losses plus nnU-Net's Dice+CE on the similarity maps (not in the paper)"),

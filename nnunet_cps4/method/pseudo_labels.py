@@ -89,13 +89,6 @@ class PseudoLabelRule:
             return labels
         return torch.where(confidence < self.confidence_threshold, torch.full_like(labels, ignore_value), labels)
 
-    @torch.no_grad()
-    def teacher_labels(self, teacher_probs: torch.Tensor, ignore_value: int
-                       ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The mean teacher's target: (teacher's confidence (B, 1, *S), its argmax after the cut)."""
-        confidence, labels = teacher_probs.max(1, keepdim=True)
-        return confidence, self.confident(labels, confidence, ignore_value)
-
     def text_target(self, y_text: torch.Tensor, ignore_value: int) -> torch.Tensor:
         """y_text as a target (B, 1, *S): silent pixels unsupervised unless `silent_text_ignored` is off."""
         y_text = y_text.unsqueeze(1)

@@ -110,19 +110,23 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
     @torch.no_grad()
     def make_pseudo_labels(self, unlabeled_data: torch.Tensor, teacher_logits: torch.Tensor
                            ) -> Tuple[Dict[str, Tuple[float, torch.Tensor]], Dict[str, float]]:
-        targets, stats = super().make_pseudo_labels(unlabeled_data, teacher_logits)
         if not self.use_text:
-            return targets, stats
+            return super().make_pseudo_labels(unlabeled_data, teacher_logits)
         rule, ignore = self.pseudo_label_rule, self.pseudo_ignore_label
         teacher_probs = torch.softmax(teacher_logits.float(), 1)
-        teacher_labels = teacher_probs.argmax(1, keepdim=True)
+        teacher_confidence, teacher_labels = teacher_probs.max(1, keepdim=True)
         probs, y_text = self.text_labels(unlabeled_data)
+        if self.level_order is not None:  # the VLM's map in spine order before it is compared with the teacher
+            vlm_probs = torch.cat((1 - probs.max(1, keepdim=True)[0], probs), 1)
+            y_text = self.ordered_levels(y_text.unsqueeze(1), vlm_probs)[:, 0]
+            y_text = torch.where(y_text == ignore, torch.zeros_like(y_text), y_text)  # unplaced: no VLM vote
         vote, combined = rule.refine(teacher_probs, probs, y_text)
-        combined = rule.confident(combined, vote, ignore)
-        stats.update({"teacher_text_agreement": (teacher_labels == y_text.unsqueeze(1)).float().mean().item(),
-                      "refined_fraction": ((combined != teacher_labels) & (combined != ignore)).float().mean().item(),
-                      "text_fired_fraction": (y_text > 0).float().mean().item(),
-                      "pseudo_label_ignored": (combined == ignore).float().mean().item()})
+        combined = rule.confident(self.ordered_levels(combined, teacher_probs), vote, ignore)
+        stats = {"teacher_confidence": teacher_confidence.mean().item(),
+                 "teacher_text_agreement": (teacher_labels == y_text.unsqueeze(1)).float().mean().item(),
+                 "refined_fraction": ((combined != teacher_labels) & (combined != ignore)).float().mean().item(),
+                 "text_fired_fraction": (y_text > 0).float().mean().item(),
+                 "pseudo_label_ignored": (combined == ignore).float().mean().item()}
         return {"text": (self.text_loss_weight, rule.text_target(y_text, ignore)),
                 "combined": (self.combined_loss_weight, combined)}, stats
 

@@ -30,7 +30,9 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_cps4.errors import CPS4Error
+from nnunet_cps4.method.prompts import load_dataset_prompts
 from nnunet_cps4.method.pseudo_labels import PseudoLabelRule
+from nnunet_cps4.method.spine_order import LevelOrder, order_levels
 from nnunet_cps4.nnunet.checkpoints import ExtraCheckpointStateMixin
 from nnunet_cps4.nnunet.trainers.common import (FoldGuardMixin, backward_and_step, log_epoch_means,
                                                 register_log_keys, unwrap)
@@ -74,6 +76,9 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
     # binarise -> fuse -> refine -> confidence cut; the mean teacher uses the confidence cut alone: pixels whose
     # teacher probability is below rule.confidence_threshold are left unsupervised
     pseudo_label_rule: PseudoLabelRule = PseudoLabelRule()
+    # relabel the pseudo labels' vertebrae and discs by their order along the spine (method/spine_order.py, the
+    # order declared in the dataset's prompt file); what cannot be placed is left unsupervised
+    order_pseudo_labels: bool = False
     # keys logged every epoch (mean over the epoch's steps) and plotted in progress_semi_supervised.png
     ssl_log_keys: Tuple[str, ...] = ("ssl_lambda", "supervised_loss", "unlabeled_loss", "teacher_confidence",
                                      "pseudo_label_ignored")
@@ -103,6 +108,7 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         self.pseudo_loss = self._build_pseudo_label_loss()
+        self.level_order, self.spine_patch_axis = self._level_order() if self.order_pseudo_labels else (None, None)
         self.logger.update_config({"semi_supervised": self.ssl_settings()})
 
     @property
@@ -120,10 +126,34 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
             loss = DeepSupervisionWrapper(loss, self.loss.weight_factors)
         return loss
 
+    def _level_order(self):
+        """(LevelOrder of the dataset's prompt file, the SI patch axis or None) for ordering pseudo labels."""
+        prompts = load_dataset_prompts(self.dataset_json, self.plans_manager.dataset_name)
+        order = LevelOrder.from_prompts(prompts)
+        if order is None:
+            raise CPS4Error(f"{self.__class__.__name__} orders pseudo labels along the spine, but the prompts of "
+                            f"{self.plans_manager.dataset_name} ({prompts.source}) declare no spine order. Fix: add "
+                            f"\"spine_order\" to the prompt file (see the shipped mrspineseg.json) or use a trainer "
+                            f"without ordering")
+        return order, self.superior_inferior_patch_axis()
+
+    @torch.no_grad()
+    def ordered_levels(self, labels: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """labels (B, 1, *S) with each image's levels relabelled in spine order (unchanged without ordering);
+        probs (B, K, *S): class probabilities, channel = label value (anchor when the sacrum is not in view)."""
+        if self.level_order is None:
+            return labels
+        out = labels.cpu().numpy().copy()
+        p = probs.float().cpu().numpy()
+        for b in range(out.shape[0]):
+            out[b, 0] = order_levels(out[b, 0], self.level_order, probabilities=p[b],
+                                     spine_axis=self.spine_patch_axis, ignore_value=self.pseudo_ignore_label)[0]
+        return torch.from_numpy(out).to(labels.device)
+
     def ssl_settings(self) -> dict:
         settings = {k: getattr(self, k) for k in ("ema_decay", "unlabeled_weight", "rampup_fraction",
                                                    "unlabeled_start_fraction", "unlabeled_batch_ratio",
-                                                   "pseudo_label_dice_weight")}
+                                                   "pseudo_label_dice_weight", "order_pseudo_labels")}
         return {**settings, "pseudo_label_rule": self.pseudo_label_rule.to_dict()}
 
     def unwrapped_student(self) -> nn.Module:
@@ -195,8 +225,10 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
 
         The mean teacher uses the teacher's confident argmax with weight 1; CPS4 overrides this.
         """
-        confidence, labels = self.pseudo_label_rule.teacher_labels(torch.softmax(teacher_logits.float(), 1),
-                                                                   self.pseudo_ignore_label)
+        probs = torch.softmax(teacher_logits.float(), 1)
+        confidence, labels = probs.max(1, keepdim=True)
+        labels = self.pseudo_label_rule.confident(self.ordered_levels(labels, probs), confidence,
+                                                  self.pseudo_ignore_label)
         return {"teacher": (1.0, labels)}, {"teacher_confidence": confidence.mean().item(),
                                             "pseudo_label_ignored": (labels == self.pseudo_ignore_label)
                                             .float().mean().item()}
