@@ -233,3 +233,21 @@ def test_spine_order_errors_name_file_and_fix(tmp_path, order, expected):
         load_prompt_file(f, SMALL)
     msg = str(e.value)
     assert str(f) in msg and "'spine_order'" in msg and expected in msg and "Fix:" in msg, msg
+
+
+def test_prompt_setting_changed_in_raw_dataset_json_after_planning_is_an_error(tmp_path, monkeypatch):
+    """Training reads the planned copy of dataset.json; a prompt file set later in the raw one is not silently
+    ignored."""
+    from nnunet_cps4.method.prompts import load_dataset_prompts
+
+    raw = tmp_path / "raw" / "Dataset123_Spine"
+    raw.mkdir(parents=True)
+    planned = {"labels": MRSPINESEG_LABELS}
+    (raw / "dataset.json").write_text(json.dumps(dict(planned, cps4={"prompt_file": "mrspineseg"})))
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    with pytest.raises(CPS4Error) as info:
+        load_dataset_prompts(planned, "Dataset123_Spine")
+    assert "prompt_file" in str(info.value) and "nnUNet_preprocessed/Dataset123_Spine/dataset.json" in str(info.value)
+    # in agreement: the shipped file is used
+    assert load_dataset_prompts(dict(planned, cps4={"prompt_file": "mrspineseg"}), "Dataset123_Spine").source \
+        .endswith("mrspineseg.json")
