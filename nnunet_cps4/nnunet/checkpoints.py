@@ -29,8 +29,10 @@ VLM_METADATA_FORMAT = "cps4-vlm/1"
 METADATA_MUST_MATCH = ("vlm_trainer", "dataset", "plans", "configuration", "fold", "class_names", "label_ids",
                        "prompt_fingerprint", "text_encoder")
 # besides tensors and containers, nnU-Net's checkpoints hold numpy scalars (logged values)
-_SAFE_GLOBALS = [np.dtype, np._core.multiarray.scalar, np.dtypes.Float64DType, np.dtypes.Float32DType,
-                 np.dtypes.Int64DType, np.dtypes.BoolDType]
+_NUMPY_CORE = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+_SAFE_GLOBALS = [np.dtype, _NUMPY_CORE.multiarray.scalar] + [
+    getattr(np.dtypes, name) for name in ("Float64DType", "Float32DType", "Int64DType", "BoolDType")
+    if hasattr(np, "dtypes") and hasattr(np.dtypes, name)]
 
 
 def read_checkpoint(path: str, map_location="cpu") -> dict:
