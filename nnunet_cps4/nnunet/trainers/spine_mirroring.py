@@ -46,7 +46,13 @@ class SpineMirroringMixin:
         return True if value is None else value
 
     def superior_inferior_patch_axis(self) -> Optional[int]:
-        """The SI axis among the patch axes (2d: the in-plane axes), None when it is not one of them."""
+        """The SI axis among the patch axes (2d: the in-plane axes), None when it is not one of them; found once
+        per trainer (both loaders' augmentation and the pseudo-label ordering ask for it)."""
+        if not hasattr(self, "_si_patch_axis"):
+            self._si_patch_axis = self._find_superior_inferior_patch_axis()
+        return self._si_patch_axis
+
+    def _find_superior_inferior_patch_axis(self) -> Optional[int]:
         axis = self._cps4_dataset_setting(AXIS_KEY)
         if axis is None:
             keys = self.dataset_class.get_identifiers(self.preprocessed_dataset_folder)
