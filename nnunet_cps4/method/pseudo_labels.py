@@ -101,7 +101,12 @@ class PseudoLabelRule:
 def text_vote(y_text: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """The VLM's vote as class probabilities, (B, C + 1, *S): one non-zero entry per pixel, the fused class k
     with its own probability p_k; a background pixel gets 1 - max_c p_c."""
-    background = 1 - probs.max(dim=1, keepdim=True)[0]
-    stacked = torch.cat((background, probs), dim=1)
+    stacked = with_background(probs)
     return labels_to_probabilities(y_text, probs.shape[1] + 1, dtype=probs.dtype) * \
         stacked.gather(1, y_text.long().unsqueeze(1))
+
+
+def with_background(probs: torch.Tensor) -> torch.Tensor:
+    """Per-class probabilities (B, C, *S) with a background channel 1 - max_c p_c in front: (B, C + 1, *S), channel =
+    label value (the VLM's maps as nnU-Net's predictor and the spine ordering expect them)."""
+    return torch.cat((1 - probs.max(dim=1, keepdim=True)[0], probs), dim=1)

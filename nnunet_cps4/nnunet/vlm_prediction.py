@@ -16,7 +16,7 @@ from torch import nn
 
 from nnunet_cps4.errors import CPS4Error
 from nnunet_cps4.method.fusion import labels_to_probabilities
-from nnunet_cps4.method.pseudo_labels import PseudoLabelRule
+from nnunet_cps4.method.pseudo_labels import PseudoLabelRule, with_background
 
 
 class VLMProbabilityNetwork(nn.Module):
@@ -27,8 +27,7 @@ class VLMProbabilityNetwork(nn.Module):
         self.vlm = vlm
 
     def forward(self, x):
-        probs = torch.sigmoid(self.vlm(x).float())
-        return torch.cat((1 - probs.max(1, keepdim=True)[0], probs), 1)
+        return with_background(torch.sigmoid(self.vlm(x).float()))
 
 
 def vlm_predictor(vlm: nn.Module, plans_manager, configuration_manager, dataset_json: dict, device: torch.device):

@@ -30,6 +30,7 @@ from torch import distributed as dist
 
 from nnunet_cps4.method.metrics import dice
 from nnunet_cps4.method.prompts import load_dataset_prompts
+from nnunet_cps4.method.pseudo_labels import with_background
 from nnunet_cps4.method.text_encoders import resolve_text_encoder_spec
 from nnunet_cps4.nnunet.checkpoints import check_vlm_metadata, load_vlm, vlm_from_metadata, vlm_output_folder
 from nnunet_cps4.nnunet.trainers.mean_teacher import nnUNetTrainerMeanTeacher
@@ -117,8 +118,7 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
         teacher_confidence, teacher_labels = teacher_probs.max(1, keepdim=True)
         probs, y_text = self.text_labels(unlabeled_data)
         if self.level_order is not None:  # the VLM's map in spine order before it is compared with the teacher
-            vlm_probs = torch.cat((1 - probs.max(1, keepdim=True)[0], probs), 1)
-            y_text = self.ordered_levels(y_text.unsqueeze(1), vlm_probs)[:, 0]
+            y_text = self.ordered_levels(y_text.unsqueeze(1), with_background(probs))[:, 0]
             y_text = torch.where(y_text == ignore, torch.zeros_like(y_text), y_text)  # unplaced: no VLM vote
         vote, combined = rule.refine(teacher_probs, probs, y_text)
         combined = rule.confident(self.ordered_levels(combined, teacher_probs), vote, ignore)
