@@ -68,6 +68,19 @@ def test_swapped_levels_corrected_3d_and_spine_axis():
         assert report["components"] == 13
 
 
+def test_levels_touching_where_a_disc_is_missing_in_one_slice_stay_apart():
+    """Correct labels on thick sagittal slices: in a lateral slice the L4/L5 disc is missing, so L5 and L4 touch and
+    (class-agnostic) form one component with the sacrum-side levels; labelled as two whole levels, they stay two."""
+    mid = spine_map(TRUE)
+    lateral = mid.copy()
+    rows = slot_rows(SEQUENCE.index("L4/L5"), len(TRUE))
+    lateral[rows] = np.where(lateral[rows] > 0, L["L5"], 0)       # the disc's place taken by L5 bone
+    volume = np.stack([lateral, mid, mid])
+    out, report = order_levels(volume, ORDER, spacing=(4.0, 1.0, 1.0), ignore_value=0)
+    np.testing.assert_array_equal(out, volume)
+    assert report["changed_voxels"] == 0 and report["anchor"]["label"] == L["S"]
+
+
 def test_duplicated_level_becomes_its_neighbour():
     names = list(TRUE)
     names[6] = "L4"  # the L3 slot is labelled L4: L4 twice

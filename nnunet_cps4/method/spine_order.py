@@ -5,7 +5,9 @@ mistake. Levels are identified by counting, so `order_levels` keeps the shapes o
 re-assigns the level names of a `LevelOrder` (distances in `spacing` units):
 
 1. Components. All vertebra classes form one mask, all disc classes another (class-agnostic within a kind), split
-   into face-connected components. A kind's typical size is the size of the component holding its median voxel;
+   into face-connected components. A component holding two or more labels that each reach `FRAGMENT_FRACTION` of
+   the kind's typical single-label component (neighbouring levels touching where a thin disc is missing, labelled
+   as two levels) is split by label. A kind's typical size is the size of the component holding its median voxel;
    components below `SPECK_FRACTION` of it are specks and are not placed.
 2. Axis. Centroids are projected on `spine_axis` (an image axis) or, by default, on the principal axis of the
    centroids of the components above `FRAGMENT_FRACTION` of the typical size (any orientation; a spine bent by less
@@ -119,13 +121,37 @@ def _pieces(kind_masks: Dict[int, np.ndarray], labels: np.ndarray, spacing: np.n
     pieces = []
     for kind in (VERTEBRA, DISC):
         components, _ = ndimage.label(kind_masks[kind])
+        limit = FRAGMENT_FRACTION * _typical_label_component(labels, kind_masks[kind])
         for i, box in enumerate(ndimage.find_objects(components), start=1):
             mask = components[box] == i
             values, counts = np.unique(labels[box][mask], return_counts=True)
-            centroid = (np.argwhere(mask).mean(0) + [s.start for s in box]) * spacing
-            counts = dict(zip(values.tolist(), counts.tolist()))
-            pieces.append(_Piece(kind, box, mask, int(mask.sum()), centroid, counts))
+            if (counts >= limit).sum() < 2:
+                pieces.append(_piece(kind, box, mask, labels, spacing))
+                continue
+            # levels that touch (e.g. through a disc missing in a lateral slice) but are labelled as two levels
+            # of full size each are not one level: split by label; step 3 joins what belongs together again
+            for value in values:
+                parts, n = ndimage.label(mask & (labels[box] == value))
+                pieces += [_piece(kind, box, parts == j, labels, spacing) for j in range(1, n + 1)]
     return pieces
+
+
+def _piece(kind: int, box: Tuple[slice, ...], mask: np.ndarray, labels: np.ndarray, spacing: np.ndarray) -> _Piece:
+    values, counts = np.unique(labels[box][mask], return_counts=True)
+    centroid = (np.argwhere(mask).mean(0) + [s.start for s in box]) * spacing
+    return _Piece(kind, box, mask, int(mask.sum()), centroid, dict(zip(values.tolist(), counts.tolist())))
+
+
+def _typical_label_component(labels: np.ndarray, kind_mask: np.ndarray) -> float:
+    """Voxel-weighted median size of the connected components of single labels of one kind (0 if none)."""
+    sizes = []
+    for value in np.unique(labels[kind_mask]):
+        parts, n = ndimage.label(labels == value)
+        sizes += np.bincount(parts.ravel())[1:].tolist()
+    if not sizes:
+        return 0.0
+    sizes.sort()
+    return float(sizes[int(np.searchsorted(np.cumsum(sizes), sum(sizes) / 2))])
 
 
 def _below_fraction(items, fraction: float) -> set:
