@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_cps4.data import phantom
-from nnunet_cps4.data.layout import MRSPINESEG_LABELS, SPLIT_FILE, UNLABELED_FOLDER
+from nnunet_cps4.data.layout import LUMBAR_LABELS, MRSPINESEG_LABELS, SPLIT_FILE, UNLABELED_FOLDER
 from nnunet_cps4.errors import CPS4Error
 
 SMALL = (5, 128, 48)
@@ -70,6 +70,32 @@ def test_labels_are_mrspineseg_ids_in_anatomical_order():
         assert info["top_level"] == {v: k for k, v in MRSPINESEG_LABELS.items()}[max(v for v in vertebrae)]
     # the field of view varies: the top visible level is not always the same
     assert len(tops) >= 2 and tops <= {"T9", "T10", "T11", "T12"}
+
+
+def test_lumbar_field_is_a_crop_of_the_same_subject_with_every_lumbar_level_whole():
+    rows = phantom.field_size("lumbar", SMALL)[1]
+    assert rows == round(phantom.LUMBAR_SI_MM / phantom.spacing_for(SMALL)[1]) < SMALL[1]
+    to_lumbar = {MRSPINESEG_LABELS[n]: v for n, v in LUMBAR_LABELS.items()}
+    for i in range(6):
+        spine_img, spine_lab, _ = phantom.make_case(0, i, SMALL)
+        img, lab, info = phantom.make_case(0, i, SMALL, "lumbar")
+        assert img.shape == lab.shape == (SMALL[0], rows, SMALL[2]) and lab.dtype == np.uint8
+        # the same rendered subject: the image is a window of rows of the whole-spine image
+        first = next(r for r in range(SMALL[1] - rows + 1) if np.array_equal(spine_img[:, r:r + rows], img))
+        window = spine_lab[:, first:first + rows]
+        expected = np.vectorize(lambda v: to_lumbar.get(int(v), 0), otypes=[np.uint8])(window)
+        assert np.array_equal(lab, expected)
+        # L5..L1 and their discs are whole (none cut by the window); the sacrum is in view; T12 is unlabeled
+        for name in ("L5", "L4", "L3", "L2", "L1", "L5/S", "L4/L5", "L3/L4", "L2/L3", "L1/L2"):
+            assert (lab == LUMBAR_LABELS[name]).sum() == (spine_lab == MRSPINESEG_LABELS[name]).sum() > 0, (i, name)
+        assert (lab == LUMBAR_LABELS["S"]).any()
+        assert set(np.unique(lab)) <= set(LUMBAR_LABELS.values())
+        # vertebrae from the sacrum (lowest, largest row) up to L1
+        centre = _centroid_rows(lab)
+        assert [centre[v] for v in range(1, 7)] == sorted((centre[v] for v in range(1, 7)), reverse=True)
+        assert info["top_level"] == "L1"
+    with pytest.raises(CPS4Error, match="--field 'thoracic'.*Fix"):
+        phantom.make_case(0, 0, SMALL, "thoracic")
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -143,6 +169,23 @@ def test_dataset_layout_json_and_split(nnunet_env, tmp_path):
         assert load_class_prompts(json.load(f), resplit).source.endswith("mrspineseg.json")
 
 
+def test_lumbar_dataset_has_the_lumbar_labels_prompts_and_order(nnunet_env, tmp_path):
+    folder = phantom.generate_phantom_dataset(25, n_cases=4, labeled_fraction=0.5, n_test=1, size=TINY,
+                                              field="lumbar")
+    with open(os.path.join(folder, "dataset.json")) as f:
+        ds = json.load(f)
+    assert ds["labels"] == LUMBAR_LABELS
+    info = ds["cps4"]["phantom"]
+    assert info["field"] == "lumbar" and info["grid"] == list(TINY)
+    assert info["size"] == list(phantom.field_size("lumbar", TINY)) and info["fov_mm"][1] == phantom.LUMBAR_SI_MM
+    from nnunet_cps4.method.prompts import load_class_prompts
+    prompts = load_class_prompts(ds, folder)
+    assert prompts.source.endswith("mrspineseg_lumbar.json")
+    assert prompts.spine_order.sequence[0] == "S" and prompts.spine_order.sequence[-1] == "L1"
+    png = phantom.save_overview_png(folder, str(tmp_path / "overview.png"), n_cases=2)
+    assert os.path.getsize(png) > 10000
+
+
 def _env(paths):
     env = dict(os.environ, **paths)
     env["nnUNet_n_proc_DA"] = "1"       # planning calls torch.set_num_threads(nnUNet_n_proc_DA)
@@ -172,8 +215,9 @@ def test_console_script_and_one_line_errors(nnunet_env):
     assert again.returncode == 0, again.stderr
 
 
-def test_nnunet_dataset_integrity_check_passes(nnunet_env):
-    phantom.generate_phantom_dataset(24, n_cases=5, labeled_fraction=0.5, n_test=1, size=TINY)
+@pytest.mark.parametrize("field", ["spine", "lumbar"])
+def test_nnunet_dataset_integrity_check_passes(nnunet_env, field):
+    phantom.generate_phantom_dataset(24, n_cases=5, labeled_fraction=0.5, n_test=1, size=TINY, field=field)
     exe = _script("nnUNetv2_plan_and_preprocess")
     r = subprocess.run([exe, "-d", "24", "--verify_dataset_integrity", "-c", "2d", "-np", "1", "-npfp", "1"],
                        env=_env(nnunet_env), capture_output=True, text=True, timeout=300)
@@ -183,4 +227,6 @@ def test_nnunet_dataset_integrity_check_passes(nnunet_env):
         plans = json.load(f)
     # the thick left-right axis stays first, so 2d trains on sagittal slices
     assert plans["transpose_forward"] == [0, 1, 2]
-    assert plans["configurations"]["2d"]["patch_size"] == list(TINY[1:])
+    # the 2d patch covers a whole slice (nnU-Net rounds it up to its pooling divisor)
+    patch, rows, columns = plans["configurations"]["2d"]["patch_size"], *phantom.field_size(field, TINY)[1:]
+    assert rows <= patch[0] < rows + 8 and columns <= patch[1] < columns + 8

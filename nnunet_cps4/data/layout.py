@@ -35,6 +35,12 @@ MRSPINESEG_LABELS: Dict[str, int] = {
     "L5/S": 11, "L4/L5": 12, "L3/L4": 13, "L2/L3": 14, "L1/L2": 15, "T12/L1": 16, "T11/T12": 17,
     "T10/T11": 18, "T9/T10": 19,
 }
+# The lumbar subset (sacrum, L5-L1, discs L5/S-L1/L2) with consecutive ids, as nnU-Net requires: the label set of
+# lumbar-only data such as the phantom's lumbar field of view (prompt file `mrspineseg_lumbar`).
+LUMBAR_LABELS: Dict[str, int] = {
+    "background": 0, "S": 1, "L5": 2, "L4": 3, "L3": 4, "L2": 5, "L1": 6,
+    "L5/S": 7, "L4/L5": 8, "L3/L4": 9, "L2/L3": 10, "L1/L2": 11,
+}
 
 
 def require_env_folder(var: str) -> str:

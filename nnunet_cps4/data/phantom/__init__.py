@@ -1,8 +1,9 @@
 """Synthetic sagittal T2 lumbar-spine MR phantom, written as a semi-supervised nnU-Net raw dataset.
 
 `nnUNetv2_cps4_make_phantom -d ID [-n N] [--labeled-fraction F] [--test T] [--seed S] [--size ZxYxX]
-[--name NAME] [--overwrite] [--png FILE]` writes `$nnUNet_raw/DatasetID_NAME/` in the layout of
-`nnunet_cps4.data.layout` with MRSpineSeg's 19 classes (1 S, 2 L5 ... 10 T9, 11 L5/S ... 19 T9/T10):
+[--field spine|lumbar] [--name NAME] [--overwrite] [--png FILE]` writes `$nnUNet_raw/DatasetID_NAME/` in the
+layout of `nnunet_cps4.data.layout` with MRSpineSeg's 19 classes (1 S, 2 L5 ... 10 T9, 11 L5/S ... 19 T9/T10;
+`--field lumbar`: the 11 lumbar ones, below):
 
 ```
 imagesTr/spine_XXX_0000.nii.gz  labelsTr/spine_XXX.nii.gz     labeled training cases
@@ -38,9 +39,15 @@ MRSpineSeg. No level has an intensity of its own.
 Case `i` of a dataset is drawn from `numpy.random.default_rng([seed, i])`, so the same arguments give the same
 arrays byte for byte, and a case does not depend on how many cases are generated.
 
+Field of view: `--field lumbar` crops every rendered case to a 240 mm window from the upper sacrum to just above
+L1 (same spacing; rows = 240 mm / row spacing, e.g. 58 for --size 5x96x40) and labels only S, L5-L1 and the discs
+L5/S-L1/L2 (`LUMBAR_LABELS`, ids 1-11, prompt file `mrspineseg_lumbar`), like a lumbar MR protocol: fewer levels
+and rows, a problem nnU-Net learns within minutes on a CPU.
+
 Modules: `anatomy` (level tables, labels, geometry, the random subject), `canvas` (drawing primitives),
-`render` (painting a subject into image and label), `dataset` (cases, NIfTI files, the dataset, the overview
-picture). The console script lives in `nnunet_cps4.commands.make_phantom`.
+`render` (painting a subject into image and label), `field` (the whole-spine or lumbar field of view), `dataset`
+(cases, NIfTI files, the dataset, the overview picture). The console script lives in
+`nnunet_cps4.commands.make_phantom`.
 """
 from nnunet_cps4.data.phantom.anatomy import FOV_MM, VERTEBRAE, disc_label, spacing_for, vertebra_label
 from nnunet_cps4.data.phantom.dataset import (CHANNEL_NAMES, DEFAULT_LABELED_FRACTION, DEFAULT_N, DEFAULT_NAME,
@@ -48,10 +55,11 @@ from nnunet_cps4.data.phantom.dataset import (CHANNEL_NAMES, DEFAULT_LABELED_FRA
                                               MAX_SIZE, MAX_VOXELS, MIN_SIZE, PHANTOM_VERSION, REFERENCE_FOLDER,
                                               generate_phantom_dataset, make_case, parse_size, save_overview_png,
                                               write_case)
+from nnunet_cps4.data.phantom.field import DEFAULT_FIELD, FIELDS, LUMBAR_SI_MM, field_size
 from nnunet_cps4.data.phantom.render import render_subject
 
 __all__ = ["make_case", "generate_phantom_dataset", "save_overview_png", "write_case", "render_subject",
            "parse_size", "spacing_for", "vertebra_label", "disc_label", "VERTEBRAE", "GENERATOR",
            "REFERENCE_FOLDER", "PHANTOM_VERSION", "CHANNEL_NAMES", "FILE_ENDING", "FOV_MM", "DEFAULT_NAME",
            "DEFAULT_N", "DEFAULT_LABELED_FRACTION", "DEFAULT_TEST", "DEFAULT_SEED", "DEFAULT_SIZE", "MIN_SIZE",
-           "MAX_SIZE", "MAX_VOXELS"]
+           "MAX_SIZE", "MAX_VOXELS", "FIELDS", "DEFAULT_FIELD", "LUMBAR_SI_MM", "field_size"]

@@ -5,6 +5,7 @@ overview picture.
 imagesTr/labelsTr, unlabeled cases in imagesUnlabeled with their true labels in `labelsUnlabeledReference/`
 (for analysis only), test cases in imagesTs/labelsTs, then dataset.json and cps4_split.json.
 """
+import json
 import math
 import os
 import re
@@ -17,6 +18,8 @@ import SimpleITK as sitk
 from nnunet_cps4.data.layout import (MRSPINESEG_LABELS, UNLABELED_FOLDER, create_dataset_folder, make_split,
                                         require_env_folder, write_dataset_json, write_split)
 from nnunet_cps4.data.phantom.anatomy import FOV_MM, _sample_subject, disc_label, spacing_for
+from nnunet_cps4.data.phantom.field import (DEFAULT_FIELD, check_field, crop_to_field, field_fov_mm, field_labels,
+                                            field_prompt_file, field_size)
 from nnunet_cps4.data.phantom.render import render_subject
 from nnunet_cps4.errors import CPS4Error
 from nnunet_cps4.method.prompts import PROMPT_FILE_KEY
@@ -86,21 +89,27 @@ def _check_seed(seed) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # cases
 # ------------------------------------------------------------------------------------------------------------
-def _visible_top(label: np.ndarray) -> Optional[str]:
-    """Name of the highest vertebra (S ... T9) present in a label volume, or None."""
-    names = {v: k for k, v in MRSPINESEG_LABELS.items()}
-    present = [int(v) for v in np.unique(label) if 1 <= v <= 10]
+def _visible_top(label: np.ndarray, labels: Optional[dict] = None) -> Optional[str]:
+    """Name of the highest vertebra (S, L5, ...) present in a label volume, or None; `labels` are the dataset.json
+    labels (default MRSpineSeg's), whose vertebrae (names without '/') are numbered from the sacrum up."""
+    names = {v: k for k, v in (labels or MRSPINESEG_LABELS).items() if v > 0 and "/" not in k}
+    present = [int(v) for v in np.unique(label) if int(v) in names]
     return names[max(present)] if present else None
 
 
-def make_case(seed: int, index: int, size: Sequence[int] = DEFAULT_SIZE) -> Tuple[np.ndarray, np.ndarray, dict]:
-    """One phantom subject: (int16 image, uint8 label, info), arrays (LR, SI, AP), from rng([seed, index])."""
+def make_case(seed: int, index: int, size: Sequence[int] = DEFAULT_SIZE,
+              field: str = DEFAULT_FIELD) -> Tuple[np.ndarray, np.ndarray, dict]:
+    """One phantom subject: (int16 image, uint8 label, info), arrays (LR, SI, AP), from rng([seed, index]).
+
+    `size` is the whole-spine grid; a `field` other than "spine" crops it (`nnunet_cps4.data.phantom.field`)."""
     size = parse_size(size)
+    check_field(field)
     _check_seed(seed)
     rng = np.random.default_rng([int(seed), int(index)])
     subject = _sample_subject(rng)
     image, label = render_subject(subject, size, rng)
-    info = {"top_level": _visible_top(label), "scale": round(subject["scale"], 3),
+    image, label = crop_to_field(field, image, label, subject, rng)
+    info = {"top_level": _visible_top(label, field_labels(field)), "scale": round(subject["scale"], 3),
             "lordosis": round(subject["lordosis"], 3), "sacral_slope_deg": round(math.degrees(subject["sacrum"][0]["phi"]), 1),
             "degenerated_discs": [_disc_name(d["index"]) for d in subject["discs"]
                                   if not d["remnant"] and d["degenerated"] and _disc_name(d["index"])]}
@@ -136,9 +145,11 @@ def write_case(array: np.ndarray, spacing: Sequence[float], path: str) -> None:
 def generate_phantom_dataset(dataset_id: int, n_cases: int = DEFAULT_N,
                              labeled_fraction: float = DEFAULT_LABELED_FRACTION, n_test: int = DEFAULT_TEST,
                              seed: int = DEFAULT_SEED, size=DEFAULT_SIZE, name: str = DEFAULT_NAME,
-                             overwrite: bool = False, raw_root: Optional[str] = None, verbose: bool = False) -> str:
+                             overwrite: bool = False, raw_root: Optional[str] = None, verbose: bool = False,
+                             field: str = DEFAULT_FIELD) -> str:
     """Write a phantom dataset under `raw_root` (default $nnUNet_raw) and return its folder."""
     size = parse_size(size)
+    check_field(field)
     n_cases, n_test = int(n_cases), int(n_test)
     if n_test < 0:
         raise CPS4Error(f"--test {n_test} is negative. Fix: use --test 0 or more")
@@ -161,20 +172,22 @@ def generate_phantom_dataset(dataset_id: int, n_cases: int = DEFAULT_N,
     where.update({c: "test" for c in split["test"]})
     folders = {"labeled": ("imagesTr", "labelsTr"), "unlabeled": (UNLABELED_FOLDER, REFERENCE_FOLDER),
                "test": ("imagesTs", "labelsTs")}
-    phantom = {"seed": int(seed), "size": list(size), "spacing": [round(s, 6) for s in spacing],
-               "fov_mm": list(FOV_MM), "axes": ["LR", "SI", "AP"], "n_cases": n_cases,
+    phantom = {"seed": int(seed), "size": list(field_size(field, size)), "spacing": [round(s, 6) for s in spacing],
+               "field": field, "grid": list(size),
+               "fov_mm": list(field_fov_mm(field)), "axes": ["LR", "SI", "AP"], "n_cases": n_cases,
                "labeled_fraction": float(labeled_fraction), "n_test": n_test, "version": PHANTOM_VERSION,
                "reference_label_folder": REFERENCE_FOLDER}
     # dataset.json first: it marks the folder as ours, so --overwrite can replace an interrupted run
-    write_dataset_json(folder, dict(MRSPINESEG_LABELS), CHANNEL_NAMES, len(split["labeled"]), FILE_ENDING,
+    write_dataset_json(folder, field_labels(field), CHANNEL_NAMES, len(split["labeled"]), FILE_ENDING,
                        GENERATOR, os.path.basename(folder),
-                       description="Synthetic sagittal T2 lumbar spine MR phantom (nnunet-cps4), MRSpineSeg labels",
+                       description=f"Synthetic sagittal T2 spine MR phantom (nnunet-cps4), field of view {field!r}, "
+                                   f"MRSpineSeg labels" + (" (lumbar subset)" if field == "lumbar" else ""),
                        license="synthetic data without any patient information (nnunet-cps4 phantom)",
-                       extra_cps4={"phantom": phantom, PROMPT_FILE_KEY: "mrspineseg"})
+                       extra_cps4={"phantom": phantom, PROMPT_FILE_KEY: field_prompt_file(field)})
     infos = {}
     t0 = time.time()
     for i, case in enumerate(case_ids):
-        image, label, info = make_case(seed, i, size)
+        image, label, info = make_case(seed, i, size, field)
         img_dir, lab_dir = folders[where[case]]
         write_case(image, spacing, os.path.join(folder, img_dir, f"{case}_0000{FILE_ENDING}"))
         write_case(label, spacing, os.path.join(folder, lab_dir, f"{case}{FILE_ENDING}"))
@@ -192,18 +205,20 @@ def generate_phantom_dataset(dataset_id: int, n_cases: int = DEFAULT_N,
 # ------------------------------------------------------------------------------------------------------------
 # picture
 # ------------------------------------------------------------------------------------------------------------
-def _label_colors() -> np.ndarray:
-    """RGBA per label id: strong colours for the bodies, light ones for the discs, no greys."""
+def _label_colors(labels: dict) -> np.ndarray:
+    """RGBA per label id of dataset.json `labels`: strong colours for the bodies, light ones for the discs (names
+    with '/'), no greys; background transparent."""
     import matplotlib  # only when drawing
     tab20 = matplotlib.colormaps["tab20"].colors
-    colors = np.zeros((20, 4))
     strong = [0, 2, 4, 6, 8, 10, 12, 16, 18]
-    light = [1, 3, 5, 7, 9, 11, 13, 17, 19]
-    for lab in range(1, 10):
-        colors[lab, :3] = tab20[strong[(lab - 1) % 9]]
-    colors[10, :3] = (1.0, 0.85, 0.1)
-    for lab in range(11, 20):
-        colors[lab, :3] = tab20[light[(lab - 11 + 4) % 9]]
+    light = [9, 11, 13, 17, 19, 1, 3, 5, 7]
+    colors = np.zeros((max(labels.values()) + 1, 4))
+    bodies = sorted(v for k, v in labels.items() if v > 0 and "/" not in k)
+    discs = sorted(v for k, v in labels.items() if v > 0 and "/" in k)
+    for i, v in enumerate(bodies):
+        colors[v, :3] = tab20[strong[i % len(strong)]] if i < len(strong) else (1.0, 0.85, 0.1)
+    for i, v in enumerate(discs):
+        colors[v, :3] = tab20[light[i % len(light)]]
     colors[1:, 3] = 1.0
     return colors
 
@@ -231,11 +246,14 @@ def save_overview_png(raw_dataset_folder: str, out_png: str, n_cases: int = 4, l
         raise CPS4Error(f"no image/label pairs found in {raw_dataset_folder}. Fix: point to a dataset folder "
                         f"written by nnUNetv2_cps4_make_phantom")
     pairs = sorted(pairs)[:n_cases]
-    names = {v: k for k, v in MRSPINESEG_LABELS.items()}
-    colors = _label_colors()
+    with open(os.path.join(raw_dataset_folder, "dataset.json")) as f:
+        labels = {k: int(v) for k, v in json.load(f)["labels"].items()}
+    names = {v: k for k, v in labels.items()}
+    colors = _label_colors(labels)
     per_case = 3 if lateral else 2
     panel_w = 1.5
-    aspect = FOV_MM[1] / FOV_MM[2]
+    first = sitk.ReadImage(pairs[0][2])
+    aspect = (first.GetSize()[1] * first.GetSpacing()[1]) / (first.GetSize()[0] * first.GetSpacing()[0])
     fig, axes = plt.subplots(1, per_case * len(pairs), figsize=(panel_w * per_case * len(pairs), panel_w * aspect + 0.5),
                              squeeze=False)
     for c, (case, where, img_path, lab_path) in enumerate(pairs):
@@ -253,7 +271,7 @@ def save_overview_png(raw_dataset_folder: str, out_png: str, n_cases: int = 4, l
             if kind == "labels":
                 ax.imshow(colors[lab[sl]] * np.array([1, 1, 1, 0.5]), extent=extent, interpolation="nearest")
                 for v in np.unique(lab[sl]):
-                    if 1 <= v <= 10:
+                    if int(v) in names and v > 0 and "/" not in names[int(v)]:
                         rr, cc = np.nonzero(lab[sl] == v)
                         ax.text(extent[1] * 0.02, (rr.mean() + 0.5) * sp[1], names[int(v)], color="yellow",
                                 fontsize=6, va="center")
