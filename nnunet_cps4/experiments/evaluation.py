@@ -23,7 +23,8 @@ METRIC_NOTES = ("Dice/IoU: class absent in reference and prediction -> NaN (excl
                 "HD95 in mm via medpy.metric.binary.hd95, NaN if the class is empty in either image")
 
 
-def _hd95(pred: np.ndarray, ref: np.ndarray, spacing) -> float:
+def hd95_mm(pred: np.ndarray, ref: np.ndarray, spacing) -> float:
+    """95th-percentile Hausdorff distance of two binary masks in mm; NaN if either is empty."""
     if not pred.any() or not ref.any():
         return float("nan")
     return float(hd95(pred, ref, voxelspacing=spacing))
@@ -45,7 +46,7 @@ def evaluate_case(pred, ref, spacing, labels: Dict[str, int]) -> Dict[str, dict]
         denominator = tp + fp + fn
         result[name] = {"Dice": dice_from_counts(tp, fp, fn),
                         "IoU": float(tp / denominator) if denominator else float("nan"),
-                        "HD95": _hd95(p, r, spacing)}
+                        "HD95": hd95_mm(p, r, spacing)}
     return result
 
 

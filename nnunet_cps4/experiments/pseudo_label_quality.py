@@ -7,6 +7,11 @@ trainer never saw, and never touches the test set. Each case is predicted whole 
 predictor, no mirroring) by the checkpoint's teacher and VLM; the refined label is formed by the pseudo-label rule
 stored in the checkpoint (`PseudoLabelRule`: fuse, refine) before its confidence cut, so that every pixel has a
 label to score.
+
+Where the dataset's prompt file declares a spine order, every source's labels are also relabelled in that order
+(`method/spine_order.order_levels`, the whole case in 3D as `nnUNetv2_cps4_order_levels` does, unplaceable
+components to background) and scored again: mean Dice, mean HD95 and the fraction of cases with every level
+placed (`levels_correctly_placed`), before and after ordering.
 """
 import os
 from typing import Dict, List, Optional
@@ -17,10 +22,12 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_cps4.data.layout import UNLABELED_FOLDER, case_identifiers
-from nnunet_cps4.experiments.evaluation import ratio_summary, volume_ratio
+from nnunet_cps4.experiments.evaluation import hd95_mm, ratio_summary, volume_ratio
 from nnunet_cps4.experiments.variants import trainer_class
 from nnunet_cps4.method.metrics import dice
+from nnunet_cps4.method.prompts import load_dataset_prompts
 from nnunet_cps4.method.pseudo_labels import PseudoLabelRule
+from nnunet_cps4.method.spine_order import LevelOrder, levels_correctly_placed, order_levels
 from nnunet_cps4.nnunet.checkpoints import EXTRA_STATE_KEY, read_checkpoint, vlm_from_metadata
 from nnunet_cps4.nnunet.vlm_prediction import vlm_predictor, vlm_probabilities
 
@@ -65,6 +72,8 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
                                        device)
     rule = PseudoLabelRule.from_settings(state.get("settings", {}))
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
+    order = LevelOrder.from_prompts(load_dataset_prompts(dataset_json, plans_manager.dataset_name))
+    ordering = _OrderingScores(order) if order is not None else None
 
     class_ids = list(label_manager.foreground_labels)
     scores = {kind: {c: [] for c in class_ids} for kind in (("teacher", "text", "refined") if has_vlm
@@ -72,8 +81,8 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
     volume = {kind: {} for kind in scores}  # predicted / true foreground pixels: does a source shrink or grow?
     changed, agreement = [], []
     for case, files in sorted(cases.items()):
-        data, ref, _ = preprocessor.run_case(files, references[case], plans_manager, configuration_manager,
-                                             dataset_json)
+        data, ref, properties = preprocessor.run_case(files, references[case], plans_manager,
+                                                      configuration_manager, dataset_json)
         data = torch.from_numpy(data)
         ref = ref[0]
         logits = teacher_predictor.predict_sliding_window_return_logits(data).float().cpu()
@@ -85,6 +94,8 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
             labels.update({"text": y_text[0].numpy(), "refined": refined[0, 0].numpy()})
             changed.append(float((labels["refined"] != labels["teacher"]).mean()))
             agreement.append(float((labels["text"] == labels["teacher"]).mean()))
+        if ordering is not None:
+            ordering.add(labels, ref, _preprocessed_spacing(properties, plans_manager, configuration_manager))
         for kind, lab in labels.items():
             volume[kind][case] = volume_ratio(lab, ref)
             for c in class_ids:
@@ -99,10 +110,43 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
               "notes": "Dice per class over unlabeled training cases where the class is present; whole-image "
                        "predictions of the final checkpoint's teacher (and VLM), refined as in training; "
                        "foreground_volume_ratio: median over cases of predicted / true foreground pixels"}
+    result["spine_order"] = ordering.summary() if ordering is not None else None  # None: no order declared
     if has_vlm:
         result.update({"refined_changed_fraction": float(np.mean(changed)),
                        "teacher_text_agreement": float(np.mean(agreement))})
     return result
+
+
+def _preprocessed_spacing(properties: dict, plans_manager, configuration_manager) -> List[float]:
+    """Voxel spacing (mm) of a case in the configuration's preprocessed space (2d: in-plane resampled only)."""
+    original = [properties["spacing"][i] for i in plans_manager.transpose_forward]
+    target = list(configuration_manager.spacing)
+    return original[:len(original) - len(target)] + target
+
+
+class _OrderingScores:
+    """Per source: mean Dice, mean HD95 and every-level-placed, before and after spine ordering."""
+
+    def __init__(self, order: LevelOrder):
+        self.order = order
+        self.values = {}
+
+    def add(self, labels: Dict[str, np.ndarray], ref: np.ndarray, spacing: List[float]) -> None:
+        for kind, lab in labels.items():
+            ordered, _ = order_levels(lab, self.order, spacing=spacing, ignore_value=0)
+            for when, pred in (("before", lab), ("after", ordered)):
+                entry = self.values.setdefault(kind, {}).setdefault(when, {"Dice": [], "HD95": [], "placed": []})
+                present = [c for c in self.order.labels if (ref == c).any()]
+                entry["Dice"].append(np.mean([dice(pred == c, ref == c) for c in present]) if present else np.nan)
+                entry["HD95"].append(np.nanmean([hd95_mm(pred == c, ref == c, spacing) for c in present]
+                                                or [np.nan]))
+                entry["placed"].append(float(levels_correctly_placed(pred, ref, self.order, spacing)))
+
+    def summary(self) -> dict:
+        return {kind: {when: {"mean_Dice": float(np.nanmean(v["Dice"])), "mean_HD95": float(np.nanmean(v["HD95"])),
+                              "every_level_placed": float(np.mean(v["placed"]))}
+                       for when, v in whens.items()}
+                for kind, whens in self.values.items()}
 
 
 def unlabeled_cases_with_references(split_dataset: str, reference_labels_folder: str, file_ending: str,

@@ -48,6 +48,13 @@ def summarize(runs: List[dict], methods: List[str], class_names: List[str]) -> d
                       if "foreground_volume_ratio" in m.get("pseudo_labels", {})]  # older cached runs lack it
             if volume:
                 entry["pseudo_label_volume_ratio"] = {k: mean_sd([v[k] for v in volume]) for k in volume[0]}
+            ordered = [m["pseudo_labels"]["spine_order"] for m in per_seed
+                       if (m.get("pseudo_labels") or {}).get("spine_order")]
+            if ordered:
+                entry["pseudo_label_spine_order"] = {
+                    kind: {when: {metric: mean_sd([o[kind][when][metric] for o in ordered]) for metric in values}
+                           for when, values in whens.items()}
+                    for kind, whens in ordered[0].items()}
             summary[str(fraction)][method] = entry
     return summary
 
@@ -93,6 +100,20 @@ def markdown_table(summary: dict, class_names: List[str], args) -> str:
                 lines.append(f"| {m} | " + " | ".join(pm(q[k]) if k in q else "-" for k in ("teacher", "text",
                                                                                              "refined"))
                              + " | " + " / ".join(pm(volume[k], scale=1.0, digits=2) for k in volume) + " |")
+        ordered = {m: e["pseudo_label_spine_order"] for m, e in methods.items() if "pseudo_label_spine_order" in e}
+        if ordered:
+            lines += ["", "The same pseudo labels relabelled in spine order (`nnunet_cps4.method.spine_order`, whole "
+                      "case, unplaceable components to background), before → after; mean Dice and HD95 over the "
+                      "ordered classes, and the fraction of cases with every level placed:", "",
+                      "| method | source | mean Dice | mean HD95 (mm) | cases with every level placed (%) |",
+                      "|---|---|---|---|---|"]
+            source = {"teacher": "teacher", "text": "VLM (y_text)", "refined": "refined"}
+            for m, kinds in ordered.items():
+                for kind, w in kinds.items():
+                    lines.append(f"| {m} | {source.get(kind, kind)} | "
+                                 + " | ".join(f"{pm(w['before'][k], scale=f)} → {pm(w['after'][k], scale=f)}"
+                                              for k, f in (("mean_Dice", 100.0), ("mean_HD95", 1.0),
+                                                           ("every_level_placed", 100.0))) + " |")
         lines += ["", "| class | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
         for c in class_names:
             lines.append(f"| {c} | " + " | ".join(pm(methods[m]["per_class_Dice"][c]) for m in methods) + " |")
