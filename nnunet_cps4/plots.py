@@ -92,7 +92,9 @@ def save_prediction_panels(rows, method_names: Sequence[str], num_labels: int, o
     rows: [(case, image, reference, [prediction per method])], arrays (Z, Y, X) or (Y, X).
     """
     titles = ["image", "reference"] + list(method_names)
-    fig, axes = plt.subplots(len(rows), len(titles), figsize=(1.9 * len(titles), 3.8 * len(rows)), squeeze=False)
+    height, width = rows[0][1].shape[-2:]  # rows high enough for the slices' aspect (the whole spine: about 2)
+    row_height = 1.9 * height / width + 0.4
+    fig, axes = plt.subplots(len(rows), len(titles), figsize=(1.9 * len(titles), row_height * len(rows)), squeeze=False)
     for r, (case, image, reference, predictions) in enumerate(rows):
         if image.ndim == 3:
             z = image.shape[0] // 2

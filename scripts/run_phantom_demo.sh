@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set-up (scripts/setup.sh) followed by the main job on the built-in default, the spine phantom:
+# Set-up (scripts/setup.sh) followed by the main job on the built-in default, the lumbar spine phantom:
 # make phantom -> nnUNetv2_plan_and_preprocess -> preprocess unlabeled images -> train supervised nnU-Net and
-# CPS4 (stage (i) then stage (ii)) on the same 2 labeled cases -> stock nnUNetv2_predict -> Dice against labelsTs.
+# CPS4 (stage (i) then stage (ii)) on the same 8 labeled cases -> stock nnUNetv2_predict -> Dice against labelsTs.
 # Everything lives in $CPS4_DEMO_DIR (default ./cps4_work/demo), nnU-Net folders included; your own nnUNet_*
 # folders are not touched. Extra arguments go to nnUNetv2_cps4_benchmark (e.g. --device cuda).
 set -euo pipefail

@@ -43,6 +43,14 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     assert (out / "results_cases.png").stat().st_size > 10000
 
     assert summary["cps4"]["pseudo_label_volume_ratio"]["teacher"][0] > 0
+    # the phantom's prompt file declares a spine order: each source is also scored after ordering its levels
+    ordered = summary["cps4"]["pseudo_label_spine_order"]
+    assert set(ordered) == {"teacher", "text", "refined"}
+    for when in ("before", "after"):
+        assert 0.0 <= ordered["teacher"][when]["every_level_placed"][0] <= 1.0
+        assert 0.0 <= ordered["teacher"][when]["mean_Dice"][0] <= 1.0
+    assert set(summary["supervised"]["pseudo_label_spine_order"]) == {"teacher"}
+    assert "cases with every level placed" in md
 
     # offline pseudo-labelling: stock nnU-Net retrained on the labeled cases plus the supervised model's
     # predictions of the unlabeled ones, with the split's own plans and the same schedule
@@ -59,12 +67,12 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     # another protocol is refused
     cached = out / "predictions" / "cps4" / "fraction_0.5_seed_0" / "metrics.json"
     old = json.loads(cached.read_text())
-    del old["pseudo_labels"]["foreground_volume_ratio"]
+    del old["pseudo_labels"]["foreground_volume_ratio"], old["pseudo_labels"]["spine_order"]
     cached.write_text(json.dumps(old))
     again = subprocess.run([os.path.join(BIN, "nnUNetv2_cps4_benchmark"), "--preset", "tiny", "--out", str(out),
                             "--no-cost", "--report", "again"], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "training nnUNetTrainer" not in again.stdout
-    assert "foreground_volume_ratio" in json.loads(cached.read_text())["pseudo_labels"]
+    assert {"foreground_volume_ratio", "spine_order"} <= set(json.loads(cached.read_text())["pseudo_labels"])
     refused = subprocess.run([os.path.join(BIN, "nnUNetv2_cps4_benchmark"), "--preset", "tiny", "--out", str(out),
                               "--schedule", "5epochs"], env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "another protocol" in refused.stderr and "schedule" in refused.stderr
@@ -137,3 +145,22 @@ def test_training_progress_is_one_line_per_epoch(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["  [f0.05 s0] cps4 stage (i): epoch 1 of 4, train_loss 0.8123, 30.0 s/epoch, ~1.5 min left",
                      "  [f0.05 s0] cps4 stage (ii): epoch 3 of 4, train_loss -0.1, 60.0 s/epoch, ~1.0 min left"]
+
+
+def test_protocol_of_an_older_folder_means_the_whole_spine_phantom(tmp_path):
+    """A protocol.json written before --phantom-field existed was made on the whole-spine phantom: reruns with
+    that field reuse the folder, a lumbar run is refused with the difference named."""
+    import pytest
+
+    from nnunet_cps4.commands.benchmark import parse_args
+    from nnunet_cps4.errors import CPS4Error
+    from nnunet_cps4.experiments.benchmark import PROTOCOL_KEYS, check_protocol
+
+    spine = parse_args(["--preset", "demo", "--phantom-field", "spine", "--out", str(tmp_path)])
+    old = {k: getattr(spine, k) for k in PROTOCOL_KEYS if k != "phantom_field"}
+    (tmp_path / "protocol.json").write_text(json.dumps(old))
+    check_protocol(str(tmp_path), {k: getattr(spine, k) for k in PROTOCOL_KEYS})
+    lumbar = parse_args(["--preset", "demo", "--out", str(tmp_path)])  # the main job: the lumbar phantom
+    assert lumbar.phantom_field == "lumbar" and lumbar.schedule == "demo"
+    with pytest.raises(CPS4Error, match="phantom_field.*another --out folder"):
+        check_protocol(str(tmp_path), {k: getattr(lumbar, k) for k in PROTOCOL_KEYS})

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phantom-test", type=int)
     p.add_argument("--phantom-size")
     p.add_argument("--phantom-seed", type=int, default=0)
+    p.add_argument("--phantom-field", choices=("spine", "lumbar"),
+                   help="phantom field of view (nnUNetv2_cps4_make_phantom --field; default: the preset's)")
     p.add_argument("--no-cost", action="store_true", help="skip the per-iteration cost measurement")
     p.add_argument("--report", default="results", help="name of the report files <out>/<report>.{json,md,png}; "
                                                       "several reports can share one benchmark folder")
@@ -46,6 +48,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
             setattr(args, key, preset[key])
     if args.phantom_size is None:
         args.phantom_size = preset["phantom_size"]
+    if args.phantom_field is None:
+        args.phantom_field = preset.get("phantom_field", "spine")
     args.cost = preset["cost"] and not args.no_cost
     args.batch_size = args.batch_size or None
     if BASELINE not in args.methods:
