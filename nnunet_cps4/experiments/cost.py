@@ -22,11 +22,13 @@ import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
+import nnunet_cps4
 from nnunet_cps4.data.layout import require_env_folder, resolve_dataset_name
 from nnunet_cps4.errors import CPS4Error
 from nnunet_cps4.experiments.variants import trainer_class
 
 RESULT_PREFIX = "CPS4_COST_RESULT "
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(nnunet_cps4.__file__)))
 
 
 def _peak_rss_mb() -> Optional[float]:
@@ -105,7 +107,9 @@ def measure_cost(dataset: str, configuration: str, trainers: Sequence[str], plan
     for name in trainers:
         cmd = [sys.executable, "-m", "nnunet_cps4.experiments.cost", "--child", dataset, configuration, plans, name, device,
                str(warmup), str(steps), str(n_unlabeled), str(seed)]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        # `-m` puts the working directory first on sys.path: run the child beside the installed package, so a
+        # source checkout as working directory (without the shipped prompt files) cannot shadow it
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=_PACKAGE_PARENT)
         lines = [line for line in out.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
         if out.returncode != 0 or not lines:
             raise RuntimeError(f"cost measurement of {name} failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
