@@ -5,6 +5,7 @@ import sys
 from typing import Optional, Sequence
 
 from nnunet_cps4.commands.cli import run_cli
+from nnunet_cps4.data.phantom import field as phantom
 from nnunet_cps4.experiments.benchmark import PRESETS, run_benchmark
 from nnunet_cps4.experiments.report import BASELINE
 from nnunet_cps4.experiments.variants import ALL_SCHEDULES, METHODS
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phantom-test", type=int)
     p.add_argument("--phantom-size")
     p.add_argument("--phantom-seed", type=int, default=0)
-    p.add_argument("--phantom-field", choices=("spine", "lumbar"),
+    p.add_argument("--phantom-field", choices=phantom.FIELDS,
                    help="phantom field of view (nnUNetv2_cps4_make_phantom --field; default: the preset's)")
     p.add_argument("--no-cost", action="store_true", help="skip the per-iteration cost measurement")
     p.add_argument("--report", default="results", help="name of the report files <out>/<report>.{json,md,png}; "
@@ -49,7 +50,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     if args.phantom_size is None:
         args.phantom_size = preset["phantom_size"]
     if args.phantom_field is None:
-        args.phantom_field = preset.get("phantom_field", "spine")
+        args.phantom_field = preset.get("phantom_field", phantom.DEFAULT_FIELD)
     args.cost = preset["cost"] and not args.no_cost
     args.batch_size = args.batch_size or None
     if BASELINE not in args.methods:

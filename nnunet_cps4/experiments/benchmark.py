@@ -30,6 +30,7 @@ from typing import Dict, List, Optional
 import torch
 
 from nnunet_cps4.data.layout import SPLIT_FILE
+from nnunet_cps4.data.phantom.field import DEFAULT_FIELD
 from nnunet_cps4.data.split import resolve_raw_dataset, split_labeled_dataset
 from nnunet_cps4.errors import CPS4Error
 from nnunet_cps4.experiments.cost import format_cost_table, measure_cost
@@ -69,7 +70,7 @@ PRESETS: Dict[str, dict] = {
 PROTOCOL_KEYS = ("source", "phantom_cases", "phantom_test", "phantom_size", "phantom_seed", "phantom_field",
                  "schedule", "configuration", "batch_size", "fold")
 # what a protocol.json written before a key existed meant by it
-PROTOCOL_DEFAULTS = {"phantom_field": "spine"}
+PROTOCOL_DEFAULTS = {"phantom_field": DEFAULT_FIELD}
 PHANTOM_ID = 700
 
 

@@ -132,11 +132,11 @@ class _OrderingScores:
         self.values = {}
 
     def add(self, labels: Dict[str, np.ndarray], ref: np.ndarray, spacing: List[float]) -> None:
+        present = [c for c in self.order.labels if (ref == c).any()]
         for kind, lab in labels.items():
             ordered, _ = order_levels(lab, self.order, spacing=spacing, ignore_value=0)
             for when, pred in (("before", lab), ("after", ordered)):
                 entry = self.values.setdefault(kind, {}).setdefault(when, {"Dice": [], "HD95": [], "placed": []})
-                present = [c for c in self.order.labels if (ref == c).any()]
                 entry["Dice"].append(np.mean([dice(pred == c, ref == c) for c in present]) if present else np.nan)
                 entry["HD95"].append(np.nanmean([hd95_mm(pred == c, ref == c, spacing) for c in present]
                                                 or [np.nan]))

@@ -121,47 +121,52 @@ def _pieces(kind_masks: Dict[int, np.ndarray], labels: np.ndarray, spacing: np.n
     pieces = []
     for kind in (VERTEBRA, DISC):
         components, _ = ndimage.label(kind_masks[kind])
-        limit = FRAGMENT_FRACTION * _typical_label_component(labels, kind_masks[kind])
+        limit = None  # only needed (and computed) when a component holds more than one label
         for i, box in enumerate(ndimage.find_objects(components), start=1):
             mask = components[box] == i
             values, counts = np.unique(labels[box][mask], return_counts=True)
-            if (counts >= limit).sum() < 2:
-                pieces.append(_piece(kind, box, mask, labels, spacing))
+            if len(values) > 1 and limit is None:
+                limit = FRAGMENT_FRACTION * _typical_label_component(labels, kind_masks[kind])
+            if len(values) == 1 or (counts >= limit).sum() < 2:
+                pieces.append(_piece(kind, box, mask, dict(zip(values.tolist(), counts.tolist())), spacing))
                 continue
             # levels that touch (e.g. through a disc missing in a lateral slice) but are labelled as two levels
             # of full size each are not one level: split by label; step 3 joins what belongs together again
-            for value in values:
+            for value in values.tolist():
                 parts, n = ndimage.label(mask & (labels[box] == value))
-                pieces += [_piece(kind, box, parts == j, labels, spacing) for j in range(1, n + 1)]
+                for j in range(1, n + 1):
+                    part = parts == j
+                    pieces.append(_piece(kind, box, part, {value: int(part.sum())}, spacing))
     return pieces
 
 
-def _piece(kind: int, box: Tuple[slice, ...], mask: np.ndarray, labels: np.ndarray, spacing: np.ndarray) -> _Piece:
-    values, counts = np.unique(labels[box][mask], return_counts=True)
+def _piece(kind: int, box: Tuple[slice, ...], mask: np.ndarray, counts: Dict[int, int], spacing: np.ndarray) -> _Piece:
+    """A piece from its mask in `box` and its voxels per label."""
     centroid = (np.argwhere(mask).mean(0) + [s.start for s in box]) * spacing
-    return _Piece(kind, box, mask, int(mask.sum()), centroid, dict(zip(values.tolist(), counts.tolist())))
+    return _Piece(kind, box, mask, sum(counts.values()), centroid, counts)
+
+
+def _weighted_median(sizes) -> float:
+    """The size of the item holding the median voxel (voxel-weighted median size; 0 for no items)."""
+    sizes = sorted(sizes)
+    return float(sizes[int(np.searchsorted(np.cumsum(sizes), sum(sizes) / 2))]) if sizes else 0.0
 
 
 def _typical_label_component(labels: np.ndarray, kind_mask: np.ndarray) -> float:
     """Voxel-weighted median size of the connected components of single labels of one kind (0 if none)."""
     sizes = []
     for value in np.unique(labels[kind_mask]):
-        parts, n = ndimage.label(labels == value)
+        parts, _ = ndimage.label(labels == value)
         sizes += np.bincount(parts.ravel())[1:].tolist()
-    if not sizes:
-        return 0.0
-    sizes.sort()
-    return float(sizes[int(np.searchsorted(np.cumsum(sizes), sum(sizes) / 2))])
+    return _weighted_median(sizes)
 
 
 def _below_fraction(items, fraction: float) -> set:
     """The items smaller than `fraction` of the typical size of their kind (voxel-weighted median size)."""
     small = set()
     for kind in (VERTEBRA, DISC):
-        sizes = sorted(x.size for x in items if x.kind == kind)
-        if sizes:
-            limit = fraction * sizes[int(np.searchsorted(np.cumsum(sizes), sum(sizes) / 2))]
-            small.update(x for x in items if x.kind == kind and x.size < limit)
+        limit = fraction * _weighted_median(x.size for x in items if x.kind == kind)
+        small.update(x for x in items if x.kind == kind and x.size < limit)
     return small
 
 

@@ -89,10 +89,10 @@ def _check_seed(seed) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # cases
 # ------------------------------------------------------------------------------------------------------------
-def _visible_top(label: np.ndarray, labels: Optional[dict] = None) -> Optional[str]:
+def _visible_top(label: np.ndarray, labels: dict) -> Optional[str]:
     """Name of the highest vertebra (S, L5, ...) present in a label volume, or None; `labels` are the dataset.json
-    labels (default MRSpineSeg's), whose vertebrae (names without '/') are numbered from the sacrum up."""
-    names = {v: k for k, v in (labels or MRSPINESEG_LABELS).items() if v > 0 and "/" not in k}
+    labels, whose vertebrae (names without '/') are numbered from the sacrum up."""
+    names = {v: k for k, v in labels.items() if v > 0 and "/" not in k}
     present = [int(v) for v in np.unique(label) if int(v) in names]
     return names[max(present)] if present else None
 

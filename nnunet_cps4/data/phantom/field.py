@@ -73,8 +73,7 @@ def crop_to_field(field: str, image: np.ndarray, label: np.ndarray, subject: dic
     """A rendered whole-spine case (image, label with MRSpineSeg ids; LR x SI x AP) in the given field of view."""
     if check_field(field) == "spine":
         return image, label
-    ny = image.shape[1]
-    sy = FOV_MM[1] / ny
+    ny, sy = image.shape[1], spacing_for(image.shape)[1]
     rows = lumbar_rows(image.shape)
     l1, s1 = subject["vertebrae"][4], subject["sacrum"][0]
     l1_top = max(_corner(l1, +1, 0.0)[0], _corner(l1, +1, 1.0)[0])   # Y: 0 at the image's top edge, negative down
