@@ -24,6 +24,8 @@ def test_tiny_benchmark_end_to_end(tmp_path):
         assert entry["foreground_volume_ratio"][0] >= 0
     # CPS4's training signal is analysed on the unlabeled training cases: teacher, VLM map and refined label
     assert set(summary["cps4"]["pseudo_label_mean_Dice"]) == {"teacher", "text", "refined"}
+    # ... and the stage-(i) VLM alone on the same cases (what it would bring to stage (ii))
+    assert set(summary["vlm"]["pseudo_label_mean_Dice"]) == {"text"}
     # every method saw the same labeled cases, batch size and plans
     only_run = results["runs"][0]
     assert only_run["plans"] == "nnUNetPlans_bs2"

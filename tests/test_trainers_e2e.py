@@ -241,6 +241,51 @@ def test_cps4_resume_uses_the_checkpointed_vlm(env):
         os.rename(moved, vlm_dir)
 
 
+def test_cps4_with_precomputed_vlm_maps_stores_the_vlms_fused_maps_and_reuses_them(env):
+    """The pretrained encoder's mode (here forced on the scratch VLM, for speed): the VLM's vote on every unlabeled
+    case is computed once, is the VLM's own fused map, and a resumed run reuses it."""
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_cps4.method.pseudo_labels import PseudoLabelRule
+    from nnunet_cps4.nnunet.checkpoints import load_vlm
+    from nnunet_cps4.nnunet.vlm_map_cache import decode_vote
+    from nnunet_cps4.nnunet.vlm_prediction import fused_case_prediction, vlm_predictor
+
+    vlm_fold = os.path.join(model_folder(env, "nnUNetTrainerCPS4VLM_smoke"), "fold_0")
+    if not os.path.isfile(os.path.join(vlm_fold, "checkpoint_final.pth")):
+        pytest.skip("needs the stage-(i) run of test_stage1_console_script_then_cps4_predicts")
+    trainer = "nnUNetTrainerCPS4_precomputed_smoke"
+    result = train(env, trainer)
+    assert "Stage-(i) VLM loaded" in result.stdout and "VLM maps: 4/4 unlabeled cases" in result.stdout
+    maps = os.path.join(model_folder(env, trainer), "fold_0", "vlm_maps")
+    with open(os.path.join(maps, "manifest.json")) as f:
+        assert json.load(f)["cases"] == ["u5", "u6", "u7", "u8"]
+    ckpt = load(os.path.join(model_folder(env, trainer), "fold_0", "checkpoint_final.pth"))
+    assert np.isnan(ckpt["logging"]["vlm_dice_labeled"][-1])  # no VLM pass in training
+    assert not np.isnan(ckpt["logging"]["teacher_text_agreement"][-1])
+
+    pre = os.path.join(env["nnUNet_preprocessed"], DATASET)
+    pm = PlansManager(os.path.join(pre, "nnUNetPlans.json"))
+    cm = pm.get_configuration("2d")
+    with open(os.path.join(pre, "dataset.json")) as f:
+        dataset_json = json.load(f)
+    vlm, _ = load_vlm(os.path.join(vlm_fold, "checkpoint_final.pth"), cm, torch.device("cpu"))
+    predictor = vlm_predictor(vlm, pm, cm, dataset_json, torch.device("cpu"))
+    stored = nnUNetDatasetBlosc2(os.path.join(pre, "nnUNetPlans_2d_unlabeled"),
+                                 folder_with_segs_from_previous_stage=maps)
+    data, _, codes, _ = stored.load_case("u6")
+    _, fused = fused_case_prediction(predictor, torch.from_numpy(np.asarray(data[:])).float(), PseudoLabelRule())
+    y_text, vote = decode_vote(torch.from_numpy(np.asarray(codes[:]))[None], 2)
+    assert np.array_equal(y_text[0].numpy(), fused)
+    assert ((vote.sum(1) >= 0) & (vote.sum(1) <= 1)).all()
+
+    stamp = os.stat(os.path.join(maps, "u6.b2nd")).st_mtime_ns
+    result = train(env, trainer, "0", "2d", "--c")
+    assert "VLM maps of 4 unlabeled case(s) reused" in result.stdout
+    assert os.stat(os.path.join(maps, "u6.b2nd")).st_mtime_ns == stamp
+
+
 def test_cps4_refuses_a_vlm_trained_with_other_prompts(env, tmp_path):
     vlm_dir = model_folder(env, "nnUNetTrainerCPS4VLM_smoke")
     if not os.path.isdir(vlm_dir):

@@ -492,3 +492,46 @@ def test_header_geometry_matches_reader(tmp_path):
             assert from_header[key] == from_reader[key]
         np.testing.assert_allclose(from_header["spacing"], from_reader["spacing"], rtol=1e-6)
         np.testing.assert_allclose(from_header["direction"], from_reader["direction"])
+
+
+def test_stored_maps_travel_with_the_image_through_the_augmentation(dataset, tmp_path):
+    """Per-case maps written in nnU-Net's previous-stage format (what CPS4 stores of a pretrained VLM) come back as
+    the target's last channel, rotated, scaled and mirrored exactly like the image."""
+    import torch
+    from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+    from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+    from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+    from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+    from nnunet_cps4.nnunet.vlm_map_cache import decode_vote, encode_vote
+
+    out = dataset.run()
+    maps = str(tmp_path / "maps")
+    os.makedirs(maps)
+    cases = nnUNetDatasetBlosc2(out)
+    for case in cases.identifiers:  # the map: "bright" pixels of the image itself (the toy's boxes)
+        image = torch.from_numpy(np.asarray(cases.load_case(case)[0][:]))[0]
+        bright = (image > 1.0).long()
+        vote = torch.stack([1.0 - 0.3 * bright, 0.7 * bright.float()])
+        nnUNetDatasetBlosc2.save_seg(encode_vote(bright, vote, 1), os.path.join(maps, case))
+    patch = list(dataset.cm.patch_size)
+    transforms = ComposeTransforms([
+        SpatialTransform(patch, patch_center_dist_from_border=0, random_crop=False, p_elastic_deform=0,
+                         p_rotation=1.0, rotation=(-0.6, 0.6), p_scaling=1.0, scaling=(0.7, 1.4),
+                         p_synchronize_scaling_across_axes=1, bg_style_seg_sampling=False, border_mode_seg="constant",
+                         padding_value_seg=-1),
+        MirrorTransform(allowed_axes=(0, 1)), RemoveLabelTansform(-1, 0)])
+    label_manager = dataset.plans_manager.get_label_manager(dataset.djson)
+    loader = build_unlabeled_dataloader(out, nnUNetDatasetBlosc2, 4, patch, patch, label_manager, transforms, 0,
+                                        False, maps_folder=maps)
+    agree, shifted = [], []
+    for _ in range(5):
+        batch = next(loader)
+        assert batch["target"].shape[1] == 2  # nnU-Net's (empty) label channel, then the stored map
+        y, vote = decode_vote(batch["target"][:, -1], 1)
+        assert torch.allclose(vote[:, 1][y == 1], torch.tensor(0.7))  # the vote survives resampling exactly
+        bright = batch["data"][:, 0] > 1.0
+        agree.append((y.bool() == bright).float().mean().item())
+        shifted.append((y.bool() == bright.roll(3, dims=-1)).float().mean().item())
+    assert np.mean(agree) > 0.97 and np.mean(agree) > np.mean(shifted) + 0.03, (agree, shifted)

@@ -282,10 +282,9 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
         # the only place the test labels are read
         metrics = evaluate_folder(pred, os.path.join(source, "labelsTs"), labels, dataset_json["file_ending"])
         metrics.update({"trainer": trainer, "train_seconds": train_seconds})
-        if not is_vlm:
-            quality = _pseudo_labels(raw, source, dataset_json, model, args)
-            if quality:
-                metrics["pseudo_labels"] = quality
+        quality = _pseudo_labels(raw, source, dataset_json, model, args)
+        if quality:
+            metrics["pseudo_labels"] = quality
         with open(metrics_file, "w") as f:
             json.dump(metrics, f, indent=1)
         run["methods"][method] = metrics

@@ -28,7 +28,7 @@ from nnunet_cps4.method.metrics import dice
 from nnunet_cps4.method.prompts import load_dataset_prompts
 from nnunet_cps4.method.pseudo_labels import PseudoLabelRule
 from nnunet_cps4.method.spine_order import LevelOrder, levels_correctly_placed, order_levels
-from nnunet_cps4.nnunet.checkpoints import EXTRA_STATE_KEY, read_checkpoint, vlm_from_metadata
+from nnunet_cps4.nnunet.checkpoints import EXTRA_STATE_KEY, read_checkpoint, vlm_from_metadata, vlm_metadata_of
 from nnunet_cps4.nnunet.vlm_prediction import vlm_predictor, vlm_probabilities
 
 
@@ -39,7 +39,8 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
     """Per-class Dice of teacher, y_text and refined labels against the references, averaged over `cases`.
 
     A mean-teacher checkpoint (no VLM in its state) is scored on its teacher alone, a supervised nnU-Net
-    checkpoint on its network (the reference: how good were these labels without self-training?).
+    checkpoint on its network (the reference: how good were these labels without self-training?), a stage-(i)
+    VLM checkpoint on its fused map alone (what the VLM would bring to stage (ii)).
 
     cases: {case id: [raw image files]}; references: {case id: raw label file}. Scores are computed in the
     preprocessed space of the model's configuration (labels resampled like nnU-Net's training labels).
@@ -48,8 +49,13 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
 
     fold_folder = os.path.join(model_folder, f"fold_{fold}")
     ckpt = read_checkpoint(os.path.join(fold_folder, checkpoint))
-    # a supervised checkpoint (no teacher) is scored on its network: what a teacher would start from
     state = ckpt.get(EXTRA_STATE_KEY) or {"teacher_weights": ckpt["network_weights"]}
+    if "teacher_weights" not in state and vlm_metadata_of(ckpt) is not None:  # stage (i): its network is the VLM
+        metadata = vlm_metadata_of(ckpt)
+        state = {"vlm_metadata": metadata, "vlm_weights": ckpt["network_weights"],
+                 "settings": {"pseudo_label_rule": metadata["pseudo_label_rule"]}}
+    # (a supervised checkpoint has no teacher: it is scored on its network, what a teacher would start from)
+    has_teacher = "teacher_weights" in state
     trainer = trainer_class(ckpt["trainer_name"])
     plans_manager = PlansManager(os.path.join(model_folder, "plans.json"))
     dataset_json = load_json(os.path.join(model_folder, "dataset.json"))
@@ -57,15 +63,16 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
     configuration_manager = plans_manager.get_configuration(configuration_name)
     label_manager = plans_manager.get_label_manager(dataset_json)
     has_vlm = "vlm_metadata" in state  # a mean-teacher (or supervised) checkpoint: its teacher alone
-    teacher = trainer.build_network_architecture(plans_manager, configuration_manager,
-                                                       len(dataset_json["channel_names"]),
-                                                       label_manager.num_segmentation_heads, False)
-    teacher.load_state_dict(state["teacher_weights"])
-    teacher_predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                        perform_everything_on_device=device.type == "cuda", device=device,
-                                        verbose=False, allow_tqdm=False)
-    teacher_predictor.manual_initialization(teacher.to(device).eval(), plans_manager, configuration_manager, None,
-                                            dataset_json, ckpt["trainer_name"], None)
+    if has_teacher:
+        teacher = trainer.build_network_architecture(plans_manager, configuration_manager,
+                                                     len(dataset_json["channel_names"]),
+                                                     label_manager.num_segmentation_heads, False)
+        teacher.load_state_dict(state["teacher_weights"])
+        teacher_predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                            perform_everything_on_device=device.type == "cuda", device=device,
+                                            verbose=False, allow_tqdm=False)
+        teacher_predictor.manual_initialization(teacher.to(device).eval(), plans_manager, configuration_manager,
+                                                None, dataset_json, ckpt["trainer_name"], None)
     if has_vlm:  # the VLM exactly as the trainer used it (weights from the CPS4 checkpoint)
         vlm = vlm_from_metadata(state["vlm_metadata"], state["vlm_weights"], configuration_manager)
         text_predictor = vlm_predictor(vlm.to(device).eval(), plans_manager, configuration_manager, dataset_json,
@@ -76,8 +83,9 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
     ordering = _OrderingScores(order) if order is not None else None
 
     class_ids = list(label_manager.foreground_labels)
-    scores = {kind: {c: [] for c in class_ids} for kind in (("teacher", "text", "refined") if has_vlm
-                                                            else ("teacher",))}
+    kinds = (("teacher",) if has_teacher else ()) + (("text", "refined") if has_vlm and has_teacher else
+                                                     ("text",) if has_vlm else ())
+    scores = {kind: {c: [] for c in class_ids} for kind in kinds}
     volume = {kind: {} for kind in scores}  # predicted / true foreground pixels: does a source shrink or grow?
     changed, agreement = [], []
     for case, files in sorted(cases.items()):
@@ -85,13 +93,17 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
                                                       configuration_manager, dataset_json)
         data = torch.from_numpy(data)
         ref = ref[0]
-        logits = teacher_predictor.predict_sliding_window_return_logits(data).float().cpu()
-        labels = {"teacher": logits.argmax(0).numpy()}
+        labels = {}
+        if has_teacher:
+            logits = teacher_predictor.predict_sliding_window_return_logits(data).float().cpu()
+            labels["teacher"] = logits.argmax(0).numpy()
         if has_vlm:
             probs = vlm_probabilities(text_predictor, data)
             y_text = rule.fuse(probs[None])
+            labels["text"] = y_text[0].numpy()
+        if has_vlm and has_teacher:
             _, refined = rule.refine(torch.softmax(logits, 0)[None], probs[None], y_text)
-            labels.update({"text": y_text[0].numpy(), "refined": refined[0, 0].numpy()})
+            labels["refined"] = refined[0, 0].numpy()
             changed.append(float((labels["refined"] != labels["teacher"]).mean()))
             agreement.append(float((labels["text"] == labels["teacher"]).mean()))
         if ordering is not None:
@@ -111,7 +123,7 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
                        "predictions of the final checkpoint's teacher (and VLM), refined as in training; "
                        "foreground_volume_ratio: median over cases of predicted / true foreground pixels"}
     result["spine_order"] = ordering.summary() if ordering is not None else None  # None: no order declared
-    if has_vlm:
+    if changed:
         result.update({"refined_changed_fraction": float(np.mean(changed)),
                        "teacher_text_agreement": float(np.mean(agreement))})
     return result

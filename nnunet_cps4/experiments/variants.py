@@ -29,6 +29,8 @@ BENCHMARK_SCHEDULES: Dict[str, dict] = {
     "cpu2500": dict(epochs=50, iterations_per_epoch=50, val_iterations_per_epoch=2, save_every=25),
     "cpu5k": dict(epochs=100, iterations_per_epoch=50, val_iterations_per_epoch=2, save_every=25),
     "cpu10k": dict(epochs=200, iterations_per_epoch=50, val_iterations_per_epoch=2, save_every=25),
+    # stage (i) with LiteMedSAM's encoder run on every augmented batch (about 1.2 s per slice on 2 CPU cores)
+    "cpu250": dict(epochs=10, iterations_per_epoch=25, val_iterations_per_epoch=2, save_every=5),
 }
 ALL_SCHEDULES = {**SCHEDULES, **BENCHMARK_SCHEDULES}
 
@@ -79,6 +81,15 @@ VARIANTS: Dict[str, Variant] = {
     "nnUNetTrainerCPS4VLM_segLoss": Variant(
         "nnUNetTrainerCPS4VLM", {"segmentation_loss_weight": 1.0},
         "attention losses plus nnU-Net's Dice+CE on the similarity maps (not in the paper)"),
+    "nnUNetTrainerCPS4VLM_medsam": Variant(
+        "nnUNetTrainerCPS4VLM", {"vlm_config": {"vision": "medsam"}},
+        "LiteMedSAM's pretrained image encoder (frozen) and a small trainable decoder as vision branch"),
+    "nnUNetTrainerCPS4_medsam": Variant(
+        "nnUNetTrainerCPS4", {"vlm_trainer": "nnUNetTrainerCPS4VLM_medsam"},
+        "CPS4 with the pretrained-encoder VLM (its maps precomputed per unlabeled case)"),
+    "nnUNetTrainerCPS4_precomputed": Variant(
+        "nnUNetTrainerCPS4", {"precompute_vlm_maps": True},
+        "the default VLM's maps precomputed per unlabeled case as for the pretrained encoder: does that change CPS4?"),
     "nnUNetTrainerCPS4VLM_vit": Variant(
         "nnUNetTrainerCPS4VLM", {"vlm_config": {"vision": "vit"}}, "a timm ViT as vision branch (the paper's)"),
     "nnUNetTrainerCPS4_textOnly": Variant(

@@ -75,7 +75,14 @@ class PseudoLabelRule:
         teacher_probs (B, C + 1, *S) softmax of the teacher; probs (B, C, *S) the VLM's per-class
         probabilities; y_text (B, *S) their fused map.
         """
-        vote, labels = (teacher_probs + self.text_weight * text_vote(y_text, probs)).max(1, keepdim=True)
+        return self.refine_with_vote(teacher_probs, text_vote(y_text, probs), y_text)
+
+    @torch.no_grad()
+    def refine_with_vote(self, teacher_probs: torch.Tensor, vote: torch.Tensor, y_text: torch.Tensor
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`refine` from the VLM's vote (B, C + 1, *S) (`text_vote`, or a stored copy of it) instead of its
+        probabilities."""
+        vote, labels = (teacher_probs + self.text_weight * vote).max(1, keepdim=True)
         vote = vote / (1 + self.text_weight)
         if self.silent_defers:
             silent = (y_text == 0).unsqueeze(1)

@@ -8,7 +8,9 @@ re-assigns the level names of a `LevelOrder` (distances in `spacing` units):
    into face-connected components. A component holding two or more labels that each reach `FRAGMENT_FRACTION` of
    the kind's typical single-label component (neighbouring levels touching where a thin disc is missing, labelled
    as two levels) is split by label. A kind's typical size is the size of the component holding its median voxel;
-   components below `SPECK_FRACTION` of it are specks and are not placed.
+   components below `SPECK_FRACTION` of it are specks and are not placed. Of a map more fragmented than
+   `MAX_PIECES_PER_LEVEL` components per level (an untrained network's noise) only that many of the largest are
+   placed: the steps below grow with the square of the number of components.
 2. Axis. Centroids are projected on `spine_axis` (an image axis) or, by default, on the principal axis of the
    centroids of the components above `FRAGMENT_FRACTION` of the typical size (any orientation; a spine bent by less
    than about 90 degrees). Which end is caudal follows the labels (sign of the correlation between position and
@@ -50,6 +52,7 @@ FRAGMENT_FRACTION = 0.35  # of the typical size of the kind: smaller structures 
 FIT_TOLERANCE = 0.5  # of the thinner kind's height: how far a fragment's gap may be off and still fit
 ISOLATION_STEPS = 3.0  # steps: a structure whose surface is this far from all others is not part of the spine
 DISC_TO_VERTEBRA = 0.4  # typical disc height / vertebral body height, used only when one kind is absent
+MAX_PIECES_PER_LEVEL = 4  # a map with more non-speck components than this times the levels: only the largest count
 VERTEBRA, DISC = 0, 1
 
 
@@ -312,6 +315,11 @@ def order_levels(labels, order: LevelOrder, probabilities=None, spine_axis: Opti
     pieces = _pieces(kind_masks, labels, spacing_)
     specks = _below_fraction(pieces, SPECK_FRACTION)
     candidates, unplaced, n_isolated, structures = [p for p in pieces if p not in specks], list(specks), 0, []
+    limit = MAX_PIECES_PER_LEVEL * len(order.labels)
+    if len(candidates) > limit:  # too fragmented to count every piece: the largest only (cost grows as pieces^2)
+        candidates.sort(key=lambda p: -p.size)
+        unplaced += candidates[limit:]
+        candidates = candidates[:limit]
     for _ in range(2 if candidates else 0):  # with isolated structures: once more without them
         big = [p for p in candidates if p not in _below_fraction(candidates, FRAGMENT_FRACTION)]
         axis = _axis_vector(big, spine_axis, labels.ndim)

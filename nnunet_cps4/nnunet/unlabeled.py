@@ -29,7 +29,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from time import monotonic, sleep
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from batchgenerators.utilities.file_and_folder_operations import load_json, load_pickle, write_pickle
 from tqdm import tqdm
@@ -367,16 +367,19 @@ def ensure_unlabeled_preprocessed(plans_manager, configuration_manager, configur
 
 
 def build_unlabeled_dataloader(folder: str, dataset_class, batch_size: int, initial_patch_size, patch_size,
-                               label_manager, transforms, num_processes: int, pin_memory: bool):
+                               label_manager, transforms, num_processes: int, pin_memory: bool,
+                               maps_folder: Optional[str] = None):
     """nnU-Net's own data loader and augmenter over the preprocessed unlabeled cases.
 
     Never oversamples foreground (unlabeled cases have no class_locations) and samples patches uniformly.
+    maps_folder: per-case maps in nnU-Net's previous-stage format (`vlm_map_cache`), appended by nnU-Net's loader
+    as the last channel of each batch's "target", augmented with the image.
     """
     from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
     from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
     from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
-    dataset = dataset_class(folder)
+    dataset = dataset_class(folder, folder_with_segs_from_previous_stage=maps_folder)
     if len(dataset.identifiers) == 0:
         raise CPS4Error(f"{folder} holds no preprocessed unlabeled case. Fix: run nnUNetv2_cps4_preprocess_unlabeled")
     loader = nnUNetDataLoader(dataset, batch_size, initial_patch_size, patch_size, label_manager,

@@ -1,7 +1,9 @@
 """`nnUNetTrainerCPS4`: CPS4 stage (ii) — the mean teacher with pseudo labels refined by the class-prompt VLM.
 
 For every unlabeled batch (the same augmented batch the student sees, so the maps follow its spatial
-augmentation by construction) the pseudo-label rule (`nnunet_cps4.method.pseudo_labels.PseudoLabelRule`) runs:
+augmentation by construction; with a pretrained-encoder VLM the maps are instead computed once per unlabeled case
+and travel with the batch through nnU-Net's loader and augmentation, `nnunet_cps4.nnunet.vlm_map_cache`) the
+pseudo-label rule (`nnunet_cps4.method.pseudo_labels.PseudoLabelRule`) runs:
   1. the frozen stage-(i) VLM gives per-class probability maps p_c = sigmoid(s_c), binarised (Otsu per image
      and class by default) and fused into one label map y_text;
   2. the combined pseudo label is argmax(softmax(teacher) + w * VLM vote): where the VLM is confident it
@@ -30,10 +32,13 @@ from torch import distributed as dist
 
 from nnunet_cps4.method.metrics import dice
 from nnunet_cps4.method.prompts import load_dataset_prompts
-from nnunet_cps4.method.pseudo_labels import with_background
+from nnunet_cps4.method.fusion import labels_to_probabilities
+from nnunet_cps4.method.pseudo_labels import text_vote, with_background
 from nnunet_cps4.method.text_encoders import resolve_text_encoder_spec
 from nnunet_cps4.nnunet.checkpoints import check_vlm_metadata, load_vlm, vlm_from_metadata, vlm_output_folder
 from nnunet_cps4.nnunet.trainers.mean_teacher import nnUNetTrainerMeanTeacher
+from nnunet_cps4.nnunet.unlabeled import unlabeled_folder_name
+from nnunet_cps4.nnunet.vlm_map_cache import decode_vote, ensure_vlm_maps
 from nnunet_cps4.nnunet.trainers.vlm_pretraining import (nnUNetTrainerCPS4VLM, nnUNetTrainerCPS4VLM_noPixelLoss,
                                                          nnUNetTrainerCPS4VLM_noTokenLoss,
                                                          nnUNetTrainerCPS4VLM_randomText, run_stage1)
@@ -45,7 +50,12 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
     use_text: bool = True                  # False: plain mean teacher (the _noText ablation)
     text_loss_weight: float = 1.0          # weight of L(student, y_text)
     combined_loss_weight: float = 1.0      # weight of L(student, combined pseudo label)
-    labeled_stats_every: int = 5           # VLM Dice on the labeled batch every N steps (costs a VLM pass)
+    labeled_stats_every: int = 5           # VLM Dice on the labeled batch every N steps (costs a VLM pass;
+    #                                        not measured when the maps are precomputed)
+    # the frozen VLM's votes on the unlabeled cases computed once before training and carried through nnU-Net's
+    # loader (`nnunet_cps4.nnunet.vlm_map_cache`) instead of a VLM pass per batch; None: when the VLM's vision
+    # branch is the pretrained "medsam" encoder (about 1 s per slice on a CPU core)
+    precompute_vlm_maps: Optional[bool] = None
     panel_every: int = 10                  # PNG panels of unlabeled cases every N epochs (and the last)
     num_panel_cases: int = 3
     ssl_log_keys = nnUNetTrainerMeanTeacher.ssl_log_keys + (
@@ -56,6 +66,7 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.vlm = None
         self.vlm_metadata: Optional[dict] = None
+        self.vlm_maps_folder: Optional[str] = None
         self._restored_vlm_state: Optional[dict] = None
 
     def ssl_settings(self) -> dict:
@@ -100,6 +111,25 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
     def prepare_semi_supervised(self) -> None:
         super().prepare_semi_supervised()  # fold and unlabeled images first: they fail fast, stage (i) does not
         self.ensure_vlm()
+        if self.use_text and self.uses_precomputed_maps():
+            folder = os.path.join(self.output_folder, "vlm_maps")
+            if self.local_rank == 0:
+                unlabeled = os.path.join(self.preprocessed_dataset_folder_base,
+                                         unlabeled_folder_name(self.configuration_manager.data_identifier))
+                ensure_vlm_maps(self.vlm, self.vlm_metadata, self.pseudo_label_rule, unlabeled, folder,
+                                self.dataset_class, self.plans_manager, self.configuration_manager,
+                                self.dataset_json, self.device, log=self.print_to_log_file)
+            if self.is_ddp:
+                dist.barrier()
+            self.vlm_maps_folder = folder
+
+    def uses_precomputed_maps(self) -> bool:
+        if self.precompute_vlm_maps is not None:
+            return bool(self.precompute_vlm_maps)
+        return (self.vlm_metadata or {}).get("vlm_config", {}).get("vision") == "medsam"
+
+    def unlabeled_maps_folder(self) -> Optional[str]:
+        return self.vlm_maps_folder
 
     # --- pseudo labels -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -109,18 +139,40 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
         return probs, self.pseudo_label_rule.fuse(probs)
 
     @torch.no_grad()
-    def make_pseudo_labels(self, unlabeled_data: torch.Tensor, teacher_logits: torch.Tensor
+    def text_vote(self, unlabeled_data: torch.Tensor, unlabeled_target: Optional[torch.Tensor]
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(y_text (B, *S), the VLM's vote (B, C + 1, *S)) for an unlabeled batch, in spine order when the
+        trainer orders pseudo labels: decoded from the stored maps that came with it, or from a VLM pass."""
+        ignore = self.pseudo_ignore_label
+        if self.vlm_maps_folder is not None and unlabeled_target is not None:
+            y_text, vote = decode_vote(unlabeled_target[:, -1].to(self.device), self.vlm.num_classes)
+            if self.level_order is None:
+                return y_text, vote
+            # each pixel's vote carries its fused class's probability: the ordering's anchor; a relabelled pixel
+            # keeps its strength, an unplaced one becomes background with 1 - strength (as 1 - max_c p_c)
+            strength = vote.sum(1, keepdim=True)
+            y_text = self.ordered_levels(y_text.unsqueeze(1), vote)
+            unplaced = y_text == ignore
+            y_text = torch.where(unplaced, torch.zeros_like(y_text), y_text)[:, 0]
+            strength = torch.where(unplaced, 1 - strength, strength)
+            return y_text, labels_to_probabilities(y_text, vote.shape[1]) * strength
+        probs, y_text = self.text_labels(unlabeled_data)
+        if self.level_order is not None:  # the VLM's map in spine order before it is compared with the teacher
+            y_text = self.ordered_levels(y_text.unsqueeze(1), with_background(probs))[:, 0]
+            y_text = torch.where(y_text == ignore, torch.zeros_like(y_text), y_text)  # unplaced: no VLM vote
+        return y_text, text_vote(y_text, probs)
+
+    @torch.no_grad()
+    def make_pseudo_labels(self, unlabeled_data: torch.Tensor, teacher_logits: torch.Tensor,
+                           unlabeled_target: Optional[torch.Tensor] = None
                            ) -> Tuple[Dict[str, Tuple[float, torch.Tensor]], Dict[str, float]]:
         if not self.use_text:
             return super().make_pseudo_labels(unlabeled_data, teacher_logits)
         rule, ignore = self.pseudo_label_rule, self.pseudo_ignore_label
         teacher_probs = torch.softmax(teacher_logits.float(), 1)
         teacher_confidence, teacher_labels = teacher_probs.max(1, keepdim=True)
-        probs, y_text = self.text_labels(unlabeled_data)
-        if self.level_order is not None:  # the VLM's map in spine order before it is compared with the teacher
-            y_text = self.ordered_levels(y_text.unsqueeze(1), with_background(probs))[:, 0]
-            y_text = torch.where(y_text == ignore, torch.zeros_like(y_text), y_text)  # unplaced: no VLM vote
-        vote, combined = rule.refine(teacher_probs, probs, y_text)
+        y_text, vote = self.text_vote(unlabeled_data, unlabeled_target)
+        vote, combined = rule.refine_with_vote(teacher_probs, vote, y_text)
         combined = rule.confident(self.ordered_levels(combined, teacher_probs), vote, ignore)
         stats = {"teacher_confidence": teacher_confidence.mean().item(),
                  "teacher_text_agreement": (teacher_labels == y_text.unsqueeze(1)).float().mean().item(),
@@ -133,7 +185,8 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
     @torch.no_grad()
     def labeled_batch_stats(self, data: torch.Tensor, target: torch.Tensor) -> Dict[str, float]:
         """Mean Dice of y_text on the labeled batch over the classes present (every labeled_stats_every steps)."""
-        if not self.use_text or self.global_step % max(1, self.labeled_stats_every) != 0:
+        if not self.use_text or self.vlm_maps_folder is not None or \
+                self.global_step % max(1, self.labeled_stats_every) != 0:
             return {"vlm_dice_labeled": float("nan")}
         _, y_text = self.text_labels(data)
         target = target[:, 0]

@@ -198,7 +198,13 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
         return build_unlabeled_dataloader(self.unlabeled_folder, self.dataset_class, batch_size,
                                           initial_patch_size, self.configuration_manager.patch_size,
                                           self.label_manager, transforms, get_allowed_n_proc_DA(),
-                                          pin_memory=self.device.type == "cuda")
+                                          pin_memory=self.device.type == "cuda",
+                                          maps_folder=self.unlabeled_maps_folder())
+
+    def unlabeled_maps_folder(self) -> Optional[str]:
+        """Per-case maps that travel with the unlabeled batch as its target's last channel (CPS4: stored VLM
+        votes); the mean teacher has none."""
+        return None
 
     def on_train_end(self):
         super().on_train_end()
@@ -219,9 +225,11 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
         return float(self.unlabeled_weight) * sigmoid_rampup(since_start / rampup_epochs)
 
     @torch.no_grad()
-    def make_pseudo_labels(self, unlabeled_data: torch.Tensor, teacher_logits: torch.Tensor
+    def make_pseudo_labels(self, unlabeled_data: torch.Tensor, teacher_logits: torch.Tensor,
+                           unlabeled_target: Optional[torch.Tensor] = None
                            ) -> Tuple[Dict[str, Tuple[float, torch.Tensor]], Dict[str, float]]:
         """Targets for the student on the unlabeled batch: {name: (weight, labels (B, 1, *S))}, and statistics.
+        unlabeled_target: the loader's target of that batch (its last channel: `unlabeled_maps_folder`'s maps).
 
         The mean teacher uses the teacher's confident argmax with weight 1; CPS4 overrides this.
         """
@@ -269,7 +277,7 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             with torch.no_grad():
                 teacher_logits = self.teacher(data_u)
-            pseudo_targets, stats = self.make_pseudo_labels(data_u, teacher_logits)
+            pseudo_targets, stats = self.make_pseudo_labels(data_u, teacher_logits, unlabeled["target"])
             # one student pass over both batches (nnU-Net's instance norm keeps samples independent)
             output = self.network(torch.cat((data, data_u)))
             outputs = output if isinstance(output, (list, tuple)) else [output]
