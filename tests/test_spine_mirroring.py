@@ -47,3 +47,36 @@ def test_si_axis_is_removed_from_training_and_test_time_mirroring(planned_toy, m
     with pytest.raises(CPS4Error, match="superior_inferior_axis"):
         _mirror_axes(nnUNetTrainerSupervised, planned_toy, monkeypatch, "2d",
                      {"mirror_superior_inferior": False, "superior_inferior_axis": 5})
+
+
+def test_semi_supervised_trainers_drop_si_mirroring_on_spine_datasets_by_default(planned_toy, monkeypatch):
+    """On a dataset whose prompt file declares a spine order the mean teacher (and CPS4, and stage (i)) do not
+    mirror head to feet unless dataset.json asks; the supervised baseline keeps nnU-Net's mirroring; other datasets
+    are left alone."""
+    from nnunet_cps4.nnunet.trainers.registry import nnUNetTrainerCPS4VLM, nnUNetTrainerMeanTeacher
+    from nnunet_cps4.nnunet.trainers.spine_mirroring import SpineMirroringMixin
+
+    rows = {"superior_inferior_axis": 1}  # the toy's image rows play the spine's axis
+    assert _mirror_axes(nnUNetTrainerMeanTeacher, planned_toy, monkeypatch, "2d", rows) == (0, 1)  # no spine order
+    monkeypatch.setattr(SpineMirroringMixin, "is_spine_dataset", lambda self: True)
+    assert _mirror_axes(nnUNetTrainerMeanTeacher, planned_toy, monkeypatch, "2d", rows) == (1,)
+    assert _mirror_axes(nnUNetTrainerCPS4VLM, planned_toy, monkeypatch, "2d", rows) == (1,)
+    assert _mirror_axes(nnUNetTrainerSupervised, planned_toy, monkeypatch, "2d", rows) == (0, 1)
+    assert _mirror_axes(nnUNetTrainerMeanTeacher, planned_toy, monkeypatch, "2d",
+                        {**rows, "mirror_superior_inferior": True}) == (0, 1)
+
+
+def test_a_spine_dataset_is_one_whose_prompts_declare_a_spine_order(monkeypatch):
+    from types import SimpleNamespace
+
+    from nnunet_cps4.data.layout import LUMBAR_LABELS
+    from nnunet_cps4.nnunet.trainers.spine_mirroring import SpineMirroringMixin
+
+    monkeypatch.delenv("nnUNet_raw", raising=False)
+    lumbar = SpineMirroringMixin()
+    lumbar.dataset_json = {"labels": LUMBAR_LABELS, "cps4": {"prompt_file": "mrspineseg_lumbar"}}
+    lumbar.plans_manager = SimpleNamespace(dataset_name="Dataset700_Lumbar")
+    toy = SpineMirroringMixin()
+    toy.dataset_json = {"labels": {"background": 0, "a": 1, "b": 2}}
+    toy.plans_manager = SimpleNamespace(dataset_name="Dataset501_Toy")
+    assert lumbar.is_spine_dataset() and not toy.is_spine_dataset()

@@ -64,6 +64,9 @@ VARIANTS: Dict[str, Variant] = {
         "no superior-inferior mirroring in augmentation and test-time augmentation (it swaps the spine's ends)"),
     "nnUNetTrainerMeanTeacher_noSIMirror": Variant(
         "nnUNetTrainerMeanTeacher", {"mirror_superior_inferior": False}, "the mean teacher without SI mirroring"),
+    "nnUNetTrainerMeanTeacher_warmupDiceNoSIMirror": Variant(
+        "nnUNetTrainerMeanTeacher", {**_WARMUP, "pseudo_label_dice_weight": 1.0, "mirror_superior_inferior": False},
+        "meanteacher_warmupDice without SI mirroring: does self-training add to no mirroring?"),
     "nnUNetTrainerCPS4VLM_noSIMirror": Variant(
         "nnUNetTrainerCPS4VLM", {"mirror_superior_inferior": False}, "stage (i) without SI mirroring"),
     "nnUNetTrainerCPS4_noSIMirror": Variant(

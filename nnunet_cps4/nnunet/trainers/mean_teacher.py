@@ -62,6 +62,7 @@ def labels_like_outputs(labels: torch.Tensor, outputs) -> List[torch.Tensor]:
 class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrainer):
     # --- semi-supervised settings; variants override these class attributes -----------------------------
     ema_decay: float = 0.99              # teacher alpha = min(1 - 1/(step + 1), ema_decay)
+    mirror_superior_inferior_on_spines = False  # spine datasets: no SI mirroring (spine_mirroring.py)
     unlabeled_weight: float = 1.0        # lambda_max, the weight of the unlabeled loss after the ramp
     rampup_fraction: float = 0.4         # lambda ramps up (sigmoid-shaped) over this fraction of all epochs
     # fraction of all epochs trained on the labeled batch alone (lambda = 0, no unlabeled batch, the teacher

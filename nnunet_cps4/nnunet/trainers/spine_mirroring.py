@@ -7,7 +7,11 @@ from L5. `SpineMirroringMixin` removes the superior–inferior (SI) axis from th
 keep nnU-Net's behaviour.
 
 Switched by the class attribute `mirror_superior_inferior` (a variant sets it), else by dataset.json
-`"cps4": {"mirror_superior_inferior": false}`; default True = nnU-Net's behaviour. The SI axis is found from the
+`"cps4": {"mirror_superior_inferior": true|false}`, else by the trainer family's default for spine datasets
+(datasets whose prompt file declares a spine order, `method/spine_order.LevelOrder`):
+`mirror_superior_inferior_on_spines`, False for the semi-supervised trainers (measured on two phantoms, three
+splits each, docs/BENCHMARKS.md), True for `nnUNetTrainerSupervised` (the stock baseline); any other dataset keeps
+nnU-Net's mirroring. The SI axis is found from the
 image orientation nnU-Net stored with the first preprocessed training case (SimpleITK's direction cosines: the
 index axis most aligned with the patient's S-I direction), or given as dataset.json
 `"cps4": {"superior_inferior_axis": k}` (k: axis of the image array as nnU-Net's reader returns it).
@@ -31,7 +35,8 @@ def superior_inferior_array_axis(direction) -> int:
 
 
 class SpineMirroringMixin:
-    mirror_superior_inferior: Optional[bool] = None  # None: dataset.json "cps4" setting, else True
+    mirror_superior_inferior: Optional[bool] = None  # None: dataset.json "cps4" setting, else the default below
+    mirror_superior_inferior_on_spines: bool = True  # the family's default on a spine dataset (others: True)
 
     def _cps4_dataset_setting(self, key: str):
         settings = self.dataset_json.get("cps4") or {}
@@ -43,7 +48,19 @@ class SpineMirroringMixin:
         value = self._cps4_dataset_setting(MIRROR_KEY)
         if value is not None and not isinstance(value, bool):
             raise CPS4Error(f"dataset.json 'cps4.{MIRROR_KEY}' must be true or false, got {value!r}")
-        return True if value is None else value
+        if value is not None:
+            return value
+        return self.mirror_superior_inferior_on_spines or not self.is_spine_dataset()
+
+    def is_spine_dataset(self) -> bool:
+        """Whether the dataset's prompt file declares a spine order (asked once per trainer)."""
+        if not hasattr(self, "_is_spine_dataset"):
+            from nnunet_cps4.method.prompts import load_dataset_prompts  # the prompt stack only when asked
+            from nnunet_cps4.method.spine_order import LevelOrder
+
+            prompts = load_dataset_prompts(self.dataset_json, self.plans_manager.dataset_name)
+            self._is_spine_dataset = LevelOrder.from_prompts(prompts) is not None
+        return self._is_spine_dataset
 
     def superior_inferior_patch_axis(self) -> Optional[int]:
         """The SI axis among the patch axes (2d: the in-plane axes), None when it is not one of them; found once
@@ -77,5 +94,8 @@ class SpineMirroringMixin:
             si_axis = self.superior_inferior_patch_axis()
             mirror_axes = tuple(a for a in mirror_axes if a != si_axis)
             self.inference_allowed_mirroring_axes = mirror_axes
-            self.print_to_log_file(f"No superior-inferior mirroring (patch axis {si_axis}): mirror axes {mirror_axes}")
+            why = "" if self.mirror_superior_inferior is not None or self._cps4_dataset_setting(MIRROR_KEY) is not None \
+                else f" (default for spine datasets; dataset.json \"cps4\": {{\"{MIRROR_KEY}\": true}} restores it)"
+            self.print_to_log_file(f"No superior-inferior mirroring (patch axis {si_axis}){why}: mirror axes "
+                                   f"{mirror_axes}")
         return rotation, dummy_2d, initial_patch_size, mirror_axes

@@ -52,6 +52,7 @@ from nnunet_cps4.nnunet.vlm_prediction import fused_case_prediction, vlm_predict
 
 class nnUNetTrainerCPS4VLM(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpointStateMixin, nnUNetTrainer):
     # --- stage (i) settings; variants override these class attributes ---------------------------------------
+    mirror_superior_inferior_on_spines = False  # as stage (ii): no SI mirroring on spine datasets
     token_loss_weight: float = 1.0
     pixel_loss_weight: float = 1.0
     token_loss_form: str = "log"           # -log(attention mass in mask); "linear": 1 - mass (see the losses)
