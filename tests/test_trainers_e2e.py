@@ -286,6 +286,22 @@ def test_cps4_with_precomputed_vlm_maps_stores_the_vlms_fused_maps_and_reuses_th
     assert os.stat(os.path.join(maps, "u6.b2nd")).st_mtime_ns == stamp
 
 
+def test_cps4_with_the_pretrained_encoder_trains_both_stages_and_precomputes_its_maps(env, tmp_path):
+    """vision="medsam": stage (i) with LiteMedSAM's frozen encoder, its checkpoint into stage (ii) (maps precomputed
+    by default, encoder weights never in a checkpoint) and into nnUNetv2_cps4_predict_vlm."""
+    result = train(env, "nnUNetTrainerCPS4_medsam_smoke")
+    assert "No stage-(i) VLM" in result.stdout and "VLM maps: 4/4 unlabeled cases" in result.stdout
+    fold = os.path.join(model_folder(env, "nnUNetTrainerCPS4_medsam_smoke"), "fold_0")
+    state = load(os.path.join(fold, "checkpoint_final.pth"))["cps4_state"]
+    assert state["vlm_metadata"]["vlm_config"]["vision"] == "medsam"
+    assert any(k.startswith("vision.decoder.") for k in state["vlm_weights"])
+    assert not any(k.startswith("vision.encoder.") for k in state["vlm_weights"])
+    out = tmp_path / "vlm"
+    cli("nnUNetv2_cps4_predict_vlm", "-i", os.path.join(env["nnUNet_raw"], DATASET, "imagesTs"), "-o", out,
+        "-d", 501, "-c", "2d", "-f", 0, "-tr", "nnUNetTrainerCPS4VLM_medsam_smoke", "-device", "cpu", env=env)
+    assert sorted(f for f in os.listdir(out) if f.endswith(".nii.gz")) == ["t10.nii.gz", "t9.nii.gz"]
+
+
 def test_cps4_refuses_a_vlm_trained_with_other_prompts(env, tmp_path):
     vlm_dir = model_folder(env, "nnUNetTrainerCPS4VLM_smoke")
     if not os.path.isdir(vlm_dir):
