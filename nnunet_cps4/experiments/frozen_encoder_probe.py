@@ -30,7 +30,6 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -76,10 +75,7 @@ class _Probe:
 
     def similarities(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """ClassPromptVLM.forward on cached encoder features."""
-        v = F.normalize(self.vlm.vision.decoder(features, image), dim=1)
-        t = self.vlm.class_embeddings().to(v.dtype)
-        return torch.einsum("bd...,cd->bc...", v, t) * self.vlm.logit_scale.exp().clamp(max=100.0) + \
-            self.vlm.logit_bias
+        return self.vlm.similarities(self.vlm.vision.decoder(features, image))
 
     def train(self, labeled: List[Case], iterations: int, seed: int, log=print) -> None:
         rng = np.random.default_rng(seed)

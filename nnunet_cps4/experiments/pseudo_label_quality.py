@@ -50,8 +50,8 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
     fold_folder = os.path.join(model_folder, f"fold_{fold}")
     ckpt = read_checkpoint(os.path.join(fold_folder, checkpoint))
     state = ckpt.get(EXTRA_STATE_KEY) or {"teacher_weights": ckpt["network_weights"]}
-    if "teacher_weights" not in state and vlm_metadata_of(ckpt) is not None:  # stage (i): its network is the VLM
-        metadata = vlm_metadata_of(ckpt)
+    metadata = vlm_metadata_of(ckpt)
+    if "teacher_weights" not in state and metadata is not None:  # stage (i): its network is the VLM
         state = {"vlm_metadata": metadata, "vlm_weights": ckpt["network_weights"],
                  "settings": {"pseudo_label_rule": metadata["pseudo_label_rule"]}}
     # (a supervised checkpoint has no teacher: it is scored on its network, what a teacher would start from)
@@ -83,8 +83,8 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
     ordering = _OrderingScores(order) if order is not None else None
 
     class_ids = list(label_manager.foreground_labels)
-    kinds = (("teacher",) if has_teacher else ()) + (("text", "refined") if has_vlm and has_teacher else
-                                                     ("text",) if has_vlm else ())
+    sources = (("teacher", has_teacher), ("text", has_vlm), ("refined", has_vlm and has_teacher))
+    kinds = [kind for kind, scored in sources if scored]
     scores = {kind: {c: [] for c in class_ids} for kind in kinds}
     volume = {kind: {} for kind in scores}  # predicted / true foreground pixels: does a source shrink or grow?
     changed, agreement = [], []

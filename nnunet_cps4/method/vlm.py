@@ -128,7 +128,11 @@ class ClassPromptVLM(nn.Module):
         return F.normalize(self.text_projection(self.text_features), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v = F.normalize(self.vision(x), dim=1)
+        return self.similarities(self.vision(x))
+
+    def similarities(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """s = scale * <v_p / |v_p|, t_c> + bias, (B, C, *S), from the vision branch's output (B, D, *S)."""
+        v = F.normalize(embeddings, dim=1)
         t = self.class_embeddings().to(v.dtype)
         scale = self.logit_scale.exp().clamp(max=100.0)
         return torch.einsum("bd...,cd->bc...", v, t) * scale + self.logit_bias

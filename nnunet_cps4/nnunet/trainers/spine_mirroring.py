@@ -42,14 +42,19 @@ class SpineMirroringMixin:
         settings = self.dataset_json.get("cps4") or {}
         return settings.get(key) if isinstance(settings, dict) else None
 
-    def mirrors_superior_inferior(self) -> bool:
+    def _explicit_mirror_setting(self) -> Optional[bool]:
+        """The class attribute, else dataset.json's value, else None (the family's default applies)."""
         if self.mirror_superior_inferior is not None:
             return bool(self.mirror_superior_inferior)
         value = self._cps4_dataset_setting(MIRROR_KEY)
         if value is not None and not isinstance(value, bool):
             raise CPS4Error(f"dataset.json 'cps4.{MIRROR_KEY}' must be true or false, got {value!r}")
-        if value is not None:
-            return value
+        return value
+
+    def mirrors_superior_inferior(self) -> bool:
+        explicit = self._explicit_mirror_setting()
+        if explicit is not None:
+            return explicit
         return self.mirror_superior_inferior_on_spines or not self.is_spine_dataset()
 
     def is_spine_dataset(self) -> bool:
@@ -94,8 +99,8 @@ class SpineMirroringMixin:
             si_axis = self.superior_inferior_patch_axis()
             mirror_axes = tuple(a for a in mirror_axes if a != si_axis)
             self.inference_allowed_mirroring_axes = mirror_axes
-            why = "" if self.mirror_superior_inferior is not None or self._cps4_dataset_setting(MIRROR_KEY) is not None \
-                else f" (default for spine datasets; dataset.json \"cps4\": {{\"{MIRROR_KEY}\": true}} restores it)"
+            why = "" if self._explicit_mirror_setting() is not None else \
+                f" (default for spine datasets; dataset.json \"cps4\": {{\"{MIRROR_KEY}\": true}} restores it)"
             self.print_to_log_file(f"No superior-inferior mirroring (patch axis {si_axis}){why}: mirror axes "
                                    f"{mirror_axes}")
         return rotation, dummy_2d, initial_patch_size, mirror_axes
