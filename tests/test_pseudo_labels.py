@@ -7,7 +7,8 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 
 from nnunet_cps4.errors import CPS4Error
 
-from nnunet_cps4.experiments.variants import (nnUNetTrainerCPS4_warmupDiceVeto, nnUNetTrainerMeanTeacher_hardDiceCE,
+from nnunet_cps4.experiments.variants import (nnUNetTrainerCPS4_paper, nnUNetTrainerMeanTeacher_hardDiceCE,
+                                              nnUNetTrainerMeanTeacher_noWarmup,
                                               nnUNetTrainerMeanTeacher_warmup)
 from nnunet_cps4.nnunet.trainers.cps4 import nnUNetTrainerCPS4
 from nnunet_cps4.nnunet.trainers.mean_teacher import labels_like_outputs, nnUNetTrainerMeanTeacher
@@ -54,11 +55,17 @@ def test_mean_teacher_leaves_unconfident_pixels_unsupervised(planned_toy, monkey
     assert ignore == 3
     assert targets["teacher"][1][0, 0].tolist() == [[1, ignore], [0, ignore]]
     assert stats["pseudo_label_ignored"] == pytest.approx(0.5)
-    # the loss ignores those pixels: all-ignored targets give zero loss, no NaN
-    out = [torch.randn(1, 3, 2, 2, requires_grad=True)]
-    loss = trainer.pseudo_loss(out * len(trainer.loss.weight_factors),
-                               [torch.full((1, 1, 2, 2), ignore)] * len(trainer.loss.weight_factors))
-    assert float(loss) == 0.0
+    # the loss ignores those pixels: all-ignored targets give no gradient and no NaN (the default Dice+CE's value
+    # is then a constant, nnU-Net's soft Dice of an empty mask; CE alone gives 0)
+    for form in (trainer, _trainer(nnUNetTrainerMeanTeacher_noWarmup, planned_toy, monkeypatch, tmp_path)):
+        out = [torch.randn(1, 3, 2, 2, requires_grad=True)]
+        loss = form.pseudo_loss(out * len(form.loss.weight_factors),
+                                [torch.full((1, 1, 2, 2), ignore)] * len(form.loss.weight_factors))
+        if form.pseudo_label_dice_weight:
+            loss.backward()
+            assert torch.isfinite(loss) and not out[0].grad.abs().any()
+        else:
+            assert float(loss) == 0.0
 
     hard = _trainer(nnUNetTrainerMeanTeacher_hardDiceCE, planned_toy, monkeypatch, tmp_path)
     targets, _ = hard.make_pseudo_labels(None, _logits(labels, confidence))
@@ -66,7 +73,8 @@ def test_mean_teacher_leaves_unconfident_pixels_unsupervised(planned_toy, monkey
 
 
 def test_cps4_supervises_where_teacher_and_vlm_agree(planned_toy, monkeypatch, tmp_path):
-    trainer = _trainer(nnUNetTrainerCPS4, planned_toy, monkeypatch, tmp_path)
+    # the paper's form: L(student, y_text) + L(student, refined)
+    trainer = _trainer(nnUNetTrainerCPS4_paper, planned_toy, monkeypatch, tmp_path)
     ignore = trainer.pseudo_ignore_label
     # 1 x 4 pixels: [agree on class 1, teacher says 2 but the VLM is silent, both silent, VLM says 2 teacher 1]
     teacher = _logits(torch.tensor([[1, 2, 0, 1]]), torch.tensor([[0.98, 0.95, 0.97, 0.9]]))
@@ -82,9 +90,9 @@ def test_cps4_supervises_where_teacher_and_vlm_agree(planned_toy, monkeypatch, t
     assert combined == [1, ignore, 0, ignore]      # agreement kept, disagreement left out
     assert stats["teacher_text_agreement"] == pytest.approx(0.5)  # pixels 0 and 2 (both say background)
 
-    # the veto variant: where the VLM is silent the confident teacher decides; where it fires and disagrees the
-    # pixel is left out; no separate y_text loss
-    veto = _trainer(nnUNetTrainerCPS4_warmupDiceVeto, planned_toy, monkeypatch, tmp_path)
+    # the default (the veto): where the VLM is silent the confident teacher decides; where it fires and disagrees
+    # the pixel is left out; no separate y_text loss
+    veto = _trainer(nnUNetTrainerCPS4, planned_toy, monkeypatch, tmp_path)
     veto.vlm = _StubVLM(vlm)
     targets, _ = veto.make_pseudo_labels(torch.zeros(1, 1, 1, 4), teacher)
     assert targets["combined"][1][0, 0, 0].tolist() == [1, 2, 0, ignore]

@@ -106,6 +106,38 @@ def test_every_trainer_variant_instantiates(plans, monkeypatch):
     assert variants.nnUNetTrainerCPS4_vlmSegLoss_smoke.vlm_trainer_class.segmentation_loss_weight == 1.0
 
 
+def _stage2_settings(cls) -> dict:
+    keys = ("unlabeled_start_fraction", "rampup_fraction", "pseudo_label_dice_weight", "text_loss_weight")
+    return {**{k: getattr(cls, k, None) for k in keys}, "rule": cls.pseudo_label_rule}
+
+
+def test_documented_rows_still_train_what_they_measured_after_the_default_change():
+    """The 2026-12-02 defaults (warm-up + Dice+CE; CPS4's VLM as a veto) are the rows chosen in the paper's regime,
+    and the rows measured under the earlier defaults still train exactly those (their tables' commands reproduce)."""
+    from nnunet_cps4.experiments import variants
+    from nnunet_cps4.nnunet.trainers import registry
+
+    assert _stage2_settings(registry.nnUNetTrainerCPS4) == _stage2_settings(variants.nnUNetTrainerCPS4_warmupDiceVeto)
+    assert (_stage2_settings(registry.nnUNetTrainerMeanTeacher)
+            == _stage2_settings(variants.nnUNetTrainerMeanTeacher_warmupDice))
+    paper = variants.nnUNetTrainerCPS4_paper
+    assert (paper.unlabeled_start_fraction, paper.rampup_fraction, paper.pseudo_label_dice_weight,
+            paper.text_loss_weight, paper.pseudo_label_rule.silent_defers) == (0.0, 0.4, 0.0, 1.0, False)
+    before = variants.nnUNetTrainerMeanTeacher_noWarmup
+    for name in ("nnUNetTrainerMeanTeacher_lowWeight", "nnUNetTrainerMeanTeacher_ordered",
+                 "nnUNetTrainerMeanTeacher_noSIMirror"):
+        row = getattr(variants, name)
+        assert (row.unlabeled_start_fraction, row.pseudo_label_dice_weight) == (0.0, 0.0), name
+        assert issubclass(row, before), name
+    for name in ("nnUNetTrainerCPS4_lowWeight", "nnUNetTrainerCPS4_ordered", "nnUNetTrainerCPS4_noSIMirror",
+                 "nnUNetTrainerCPS4_textOnly"):
+        row = getattr(variants, name)
+        assert (row.text_loss_weight, row.unlabeled_start_fraction, row.pseudo_label_rule.silent_defers) == (
+            1.0, 0.0, False), name
+    assert variants.nnUNetTrainerCPS4_hardDiceCE.pseudo_label_rule.silent_text_ignored is False
+    assert variants.METHODS["cps4_paper"] == "nnUNetTrainerCPS4_paper"
+
+
 def test_group_poly_schedule_keeps_the_encoder_learning_rate_factor():
     from nnunet_cps4.nnunet.trainers.vlm_pretraining import GroupPolyLRScheduler
 
