@@ -4,7 +4,9 @@ Each training step draws a labeled batch and an unlabeled batch from nnU-Net's o
 student (nnU-Net's network) is trained with nnU-Net's Dice+CE loss with deep supervision on the labeled batch,
 plus lambda(t) times the same loss against pseudo labels on the unlabeled batch. The teacher is an exponential
 moving average of the student, alpha = min(1 - 1/(step + 1), ema_decay) (the predecessor code's rule), and
-predicts the pseudo labels (hard argmax) on the same augmented unlabeled batch.
+predicts the pseudo labels (hard argmax) on the same augmented unlabeled batch; pixels it is unsure of (probability
+below the rule's 0.9) are left unsupervised. By default the first half of the schedule trains on the labeled batch
+alone (the teacher still averaging), then lambda ramps up over 20 % of the schedule.
 
 Everything semi-supervised is a class attribute, so a variant is a two-line subclass. Checkpoints keep nnU-Net's
 contract: `network_weights` is the student alone (stock `nnUNetv2_predict` loads it strictly); the teacher and
