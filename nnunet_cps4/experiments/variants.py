@@ -49,16 +49,16 @@ _WARMUP = {"unlabeled_start_fraction": 0.5, "rampup_fraction": 0.2}
 # what its table measured.
 _MT_BEFORE = "nnUNetTrainerMeanTeacher_noWarmup"
 _CPS4_BEFORE = "nnUNetTrainerCPS4_paper"
+# the mean teacher's settings before that change (CPS4 inherited them)
+_NO_WARMUP_CE = {"unlabeled_start_fraction": 0.0, "rampup_fraction": 0.4, "pseudo_label_dice_weight": 0.0}
 
 VARIANTS: Dict[str, Variant] = {
     _MT_BEFORE: Variant(
-        "nnUNetTrainerMeanTeacher", {"unlabeled_start_fraction": 0.0, "rampup_fraction": 0.4,
-                                     "pseudo_label_dice_weight": 0.0},
+        "nnUNetTrainerMeanTeacher", dict(_NO_WARMUP_CE),
         "the mean teacher's default until 2026-12-02: pseudo labels from the first epoch (lambda ramps over 40 %), "
         "cross-entropy alone on the confident pixels"),
     _CPS4_BEFORE: Variant(
-        "nnUNetTrainerCPS4", {"unlabeled_start_fraction": 0.0, "rampup_fraction": 0.4, "pseudo_label_dice_weight": 0.0,
-                              "text_loss_weight": 1.0, "pseudo_label_rule": {"silent_defers": False}},
+        "nnUNetTrainerCPS4", {**_NO_WARMUP_CE, "text_loss_weight": 1.0, "pseudo_label_rule": {"silent_defers": False}},
         "the paper's stage-(ii) loss as reconstructed, CPS4's default until 2026-12-02: L(student, y_text) + "
         "L(student, refined), cross-entropy, pseudo labels from the first epoch"),
     "nnUNetTrainerMeanTeacher_hardDiceCE": Variant(
