@@ -175,3 +175,69 @@ def test_ordered_pseudo_labels_put_the_levels_back_in_spine_order(planned_toy, m
     assert torch.equal(trainer.ordered_levels(labels, probs)[0, 0], torch.from_numpy(truth))
     trainer.level_order = None  # without ordering the labels pass unchanged
     assert torch.equal(trainer.ordered_levels(labels, probs), labels)
+
+
+class _SignTeacher(torch.nn.Module):
+    """Stands in for the teacher: class 1 where the image is bright, 0 where it is dark, unsure near 0."""
+
+    def forward(self, x):
+        return torch.cat((-4 * x, 4 * x, torch.full_like(x, -20.0)), 1)
+
+
+def test_whole_case_teacher_labels_are_made_on_schedule_and_travel_with_the_augmented_image(
+        planned_toy, monkeypatch, tmp_path):
+    import numpy as np
+
+    from nnunet_cps4.experiments.variants import nnUNetTrainerMeanTeacher_wholeCase
+    from nnunet_cps4.nnunet.teacher_label_cache import MANIFEST, case_maps, decode_labels
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # the batch below from this process's augmentation
+    trainer = _trainer(nnUNetTrainerMeanTeacher_wholeCase, planned_toy, monkeypatch, tmp_path)
+    trainer.num_epochs, trainer.num_iterations_per_epoch = 10, 4  # unlabeled loss from epoch 5, refresh every 2
+    trainer.prepare_semi_supervised()
+    trainer.dataloader_unlabeled = trainer.get_unlabeled_dataloader()
+    ignore = trainer.pseudo_ignore_label
+    assert [e for e in range(10) if trainer.is_teacher_label_epoch(e)] == list(range(5, 10))  # none made yet
+
+    trainer.teacher = _SignTeacher()
+    trainer.current_epoch = 5
+    trainer.make_teacher_labels()
+    assert [e for e in range(10) if trainer.is_teacher_label_epoch(e)] == [5, 7, 9]
+    folder = os.path.join(trainer.output_folder, "teacher_labels")
+    assert trainer.unlabeled_maps_folder() == folder
+    manifest = load_json(os.path.join(folder, MANIFEST))
+    unlabeled = trainer.dataset_class(trainer.unlabeled_folder)
+    assert manifest["epoch"] == 5 and manifest["cases"] == sorted(unlabeled.identifiers) and len(manifest["cases"]) == 4
+    # each whole case is labelled from its un-augmented image: bright -> 1, dark -> 0, unsure (|x| small) -> none
+    for case in manifest["cases"]:
+        image = torch.from_numpy(np.asarray(unlabeled.load_case(case)[0][:]))[0]
+        codes = case_maps(trainer.dataset_class, trainer.unlabeled_folder, folder, case)
+        stored = decode_labels(torch.from_numpy(codes)[None, None], ignore)[0, 0]
+        assert stored.shape == image.shape
+        sure = image.abs() > 0.3
+        assert torch.equal(stored[sure], (image[sure] > 0).long())
+        assert (stored[image.abs() < 0.2] == ignore).all()
+
+    # the loader moves them with the image through nnU-Net's augmentation: on an augmented batch they still mark
+    # the bright pixels (intensity augmentation can move a few across 0; padding is unsupervised)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    batch = next(trainer.dataloader_unlabeled)
+    labels = decode_labels(batch["target"][:, -1:], ignore)
+    data = batch["data"]
+    supervised = labels != ignore
+    agreement = ((data > 0).long() == labels)[supervised].float().mean().item()
+    assert supervised.float().mean() > 0.3 and agreement > 0.8, agreement
+    shifted = torch.roll(labels, 5, dims=-1)  # the same labels off by 5 pixels agree clearly less (about 0.55)
+    assert ((data > 0).long() == shifted)[shifted != ignore].float().mean().item() < agreement - 0.15
+
+    # an unlabeled step trains on them: no teacher pass on the batch, the stored labels as targets
+    trainer.teacher = None  # a teacher pass would fail
+    trainer.global_step = 7 * trainer.num_iterations_per_epoch
+    labeled = torch.randn(2, 1, *trainer.configuration_manager.patch_size)
+    with torch.no_grad():
+        outputs = trainer.network(labeled)
+    monkeypatch.setattr(trainer, "update_teacher", lambda: None)
+    result = trainer.train_step({"data": labeled, "target": labels_like_outputs((labeled > 0).long(), outputs)})
+    assert result["ssl_lambda"] > 0 and np.isfinite(result["unlabeled_loss"]) and result["unlabeled_loss"] != 0
+    assert np.isnan(result["teacher_confidence"]) and 0 <= result["pseudo_label_ignored"] < 1

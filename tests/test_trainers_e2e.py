@@ -286,6 +286,43 @@ def test_cps4_with_precomputed_vlm_maps_stores_the_vlms_fused_maps_and_reuses_th
     assert os.stat(os.path.join(maps, "u6.b2nd")).st_mtime_ns == stamp
 
 
+def test_cps4_with_whole_case_teacher_labels_stores_vlm_refined_labels_and_predicts(env, tmp_path):
+    """whole_case_teacher_labels: when the unlabeled loss starts (epoch 1 of 2) the teacher labels every unlabeled
+    case whole, the VLM's stored votes refine them (a fired, disagreeing VLM pixel is never kept as the teacher's
+    class), and the loader trains on them; the student predicts with the stock command."""
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+    from nnunet_cps4.nnunet.teacher_label_cache import decode_labels
+    from nnunet_cps4.nnunet.vlm_map_cache import decode_vote
+
+    if not os.path.isfile(os.path.join(model_folder(env, "nnUNetTrainerCPS4VLM_smoke"), "fold_0",
+                                       "checkpoint_final.pth")):
+        pytest.skip("needs the stage-(i) run of test_stage1_console_script_then_cps4_predicts")
+    trainer = "nnUNetTrainerCPS4_wholeCase_smoke"
+    result = train(env, trainer)
+    assert "VLM maps: 4/4 unlabeled cases" in result.stdout
+    fold = os.path.join(model_folder(env, trainer), "fold_0")
+    log = open([os.path.join(fold, f) for f in os.listdir(fold) if f.startswith("training_log")][0]).read()
+    assert "teacher labels of 4 whole unlabeled case(s)" in log and "(epoch 1;" in log
+    with open(os.path.join(fold, "teacher_labels", "manifest.json")) as f:
+        assert json.load(f)["cases"] == ["u5", "u6", "u7", "u8"]
+    unlabeled = os.path.join(env["nnUNet_preprocessed"], DATASET, "nnUNetPlans_2d_unlabeled")
+    for case in ("u5", "u8"):
+        labels = nnUNetDatasetBlosc2(unlabeled, folder_with_segs_from_previous_stage=os.path.join(
+            fold, "teacher_labels")).load_case(case)[2]
+        codes = nnUNetDatasetBlosc2(unlabeled, folder_with_segs_from_previous_stage=os.path.join(
+            fold, "vlm_maps")).load_case(case)[2]
+        labels = decode_labels(torch.from_numpy(np.asarray(labels[:]))[None, None], 3)[0, 0]
+        y_text = decode_vote(torch.from_numpy(np.asarray(codes[:]))[None], 2)[0][0]
+        assert set(labels.unique().tolist()) <= {0, 1, 2, 3}
+        kept_where_fired = (labels != 3) & (y_text > 0)
+        assert torch.equal(labels[kept_where_fired], y_text[kept_where_fired])
+    ckpt = load(os.path.join(fold, "checkpoint_final.pth"))
+    assert ckpt["logging"]["ssl_lambda"][-1] > 0 and ckpt["logging"]["unlabeled_loss"][-1] != 0
+    assert ckpt["cps4_state"]["settings"]["whole_case_teacher_labels"] is True
+    assert predict(env, trainer, str(tmp_path / "pred")) == ["t10.nii.gz", "t9.nii.gz"]
+
+
 def test_cps4_with_the_pretrained_encoder_trains_both_stages_and_precomputes_its_maps(env, tmp_path):
     """vision="medsam": stage (i) with LiteMedSAM's frozen encoder, its checkpoint into stage (ii) (maps precomputed
     by default, encoder weights never in a checkpoint) and into nnUNetv2_cps4_predict_vlm."""

@@ -131,6 +131,13 @@ VARIANTS: Dict[str, Variant] = {
         _CPS4_BEFORE, {**_WARMUP, "text_loss_weight": 0.0, "pseudo_label_dice_weight": 1.0,
                        "pseudo_label_rule": {"silent_defers": True}},
         "meanteacher_warmupDice with the VLM as a veto: where a VLM map fires and disagrees the pixel is left out"),
+    "nnUNetTrainerMeanTeacher_wholeCase": Variant(
+        "nnUNetTrainerMeanTeacher", {"whole_case_teacher_labels": True},
+        "the teacher labels the whole un-augmented unlabeled cases (start of the unlabeled phase, then every 20 % "
+        "of the schedule) and the loader moves the labels through the student's augmentation"),
+    "nnUNetTrainerCPS4_wholeCase": Variant(
+        "nnUNetTrainerCPS4", {"whole_case_teacher_labels": True},
+        "CPS4 with whole-case teacher labels, refined by the VLM's whole-case votes"),
 }
 
 

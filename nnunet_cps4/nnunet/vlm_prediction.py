@@ -30,15 +30,22 @@ class VLMProbabilityNetwork(nn.Module):
         return with_background(torch.sigmoid(self.vlm(x).float()))
 
 
-def vlm_predictor(vlm: nn.Module, plans_manager, configuration_manager, dataset_json: dict, device: torch.device):
+def sliding_window_predictor(network: nn.Module, plans_manager, configuration_manager, dataset_json: dict,
+                             device: torch.device, trainer_name: str):
+    """nnU-Net's predictor around an in-memory network (eval mode, no test-time mirroring), for whole cases."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # heavy: only when predicting
 
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                 perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
                                 verbose_preprocessing=False, allow_tqdm=False)
-    predictor.manual_initialization(VLMProbabilityNetwork(vlm).eval(), plans_manager, configuration_manager, None,
-                                    dataset_json, "nnUNetTrainerCPS4VLM", None)
+    predictor.manual_initialization(network.eval(), plans_manager, configuration_manager, None, dataset_json,
+                                    trainer_name, None)
     return predictor
+
+
+def vlm_predictor(vlm: nn.Module, plans_manager, configuration_manager, dataset_json: dict, device: torch.device):
+    return sliding_window_predictor(VLMProbabilityNetwork(vlm), plans_manager, configuration_manager, dataset_json,
+                                    device, "nnUNetTrainerCPS4VLM")
 
 
 @torch.no_grad()

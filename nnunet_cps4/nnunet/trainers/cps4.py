@@ -33,6 +33,7 @@ import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from torch import distributed as dist
 
+from nnunet_cps4.errors import CPS4Error
 from nnunet_cps4.method.metrics import dice
 from nnunet_cps4.method.prompts import load_dataset_prompts
 from nnunet_cps4.method.fusion import labels_to_probabilities
@@ -40,6 +41,7 @@ from nnunet_cps4.method.pseudo_labels import PseudoLabelRule, text_vote, with_ba
 from nnunet_cps4.method.text_encoders import resolve_text_encoder_spec
 from nnunet_cps4.nnunet.checkpoints import check_vlm_metadata, load_vlm, vlm_from_metadata, vlm_output_folder
 from nnunet_cps4.nnunet.trainers.mean_teacher import nnUNetTrainerMeanTeacher
+from nnunet_cps4.nnunet.teacher_label_cache import case_maps
 from nnunet_cps4.nnunet.unlabeled import unlabeled_folder_name
 from nnunet_cps4.nnunet.vlm_map_cache import decode_vote, ensure_vlm_maps
 from nnunet_cps4.nnunet.trainers.vlm_pretraining import (nnUNetTrainerCPS4VLM, nnUNetTrainerCPS4VLM_noPixelLoss,
@@ -119,6 +121,11 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
         self.vlm.eval()
 
     def prepare_semi_supervised(self) -> None:
+        if self.whole_case_teacher_labels and self.use_text and self.text_loss_weight != 0:
+            raise CPS4Error(f"{self.__class__.__name__}: whole_case_teacher_labels stores one pseudo label per "
+                            f"case, but text_loss_weight = {self.text_loss_weight} asks for a second one "
+                            f"(L(student, y_text)). Fix: set text_loss_weight = 0 or whole_case_teacher_labels = "
+                            f"False")
         super().prepare_semi_supervised()  # fold and unlabeled images first: they fail fast, stage (i) does not
         self.ensure_vlm()
         if self.use_text and self.uses_precomputed_maps():
@@ -134,12 +141,22 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
             self.vlm_maps_folder = folder
 
     def uses_precomputed_maps(self) -> bool:
+        if self.whole_case_teacher_labels:
+            return True  # whole cases are labelled with the stored votes (`whole_case_maps`)
         if self.precompute_vlm_maps is not None:
             return bool(self.precompute_vlm_maps)
         return (self.vlm_metadata or {}).get("vlm_config", {}).get("vision") == "medsam"
 
     def unlabeled_maps_folder(self) -> Optional[str]:
-        return self.vlm_maps_folder
+        # whole-case teacher labels already hold the VLM's refinement; without them the loader carries the votes
+        return super().unlabeled_maps_folder() if self.whole_case_teacher_labels else self.vlm_maps_folder
+
+    def whole_case_maps(self, case: str) -> Optional[np.ndarray]:
+        if not self.use_text:
+            return None
+        unlabeled = os.path.join(self.preprocessed_dataset_folder_base,
+                                 unlabeled_folder_name(self.configuration_manager.data_identifier))
+        return case_maps(self.dataset_class, unlabeled, self.vlm_maps_folder, case)
 
     # --- pseudo labels -------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -36,11 +36,13 @@ from nnunet_cps4.method.prompts import load_dataset_prompts
 from nnunet_cps4.method.pseudo_labels import PseudoLabelRule
 from nnunet_cps4.method.spine_order import LevelOrder, order_levels
 from nnunet_cps4.nnunet.checkpoints import ExtraCheckpointStateMixin
+from nnunet_cps4.nnunet.teacher_label_cache import as_batch, decode_labels, write_teacher_labels
 from nnunet_cps4.nnunet.trainers.common import (FoldGuardMixin, backward_and_step, log_epoch_means,
                                                 register_log_keys, unwrap)
 from nnunet_cps4.nnunet.trainers.spine_mirroring import SpineMirroringMixin
 from nnunet_cps4.nnunet.unlabeled import (build_unlabeled_dataloader, ensure_unlabeled_preprocessed,
                                           unlabeled_folder_name)
+from nnunet_cps4.nnunet.vlm_prediction import sliding_window_predictor
 
 
 def sigmoid_rampup(progress: float) -> float:
@@ -85,6 +87,12 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
     # relabel the pseudo labels' vertebrae and discs by their order along the spine (method/spine_order.py, the
     # order declared in the dataset's prompt file); what cannot be placed is left unsupervised
     order_pseudo_labels: bool = False
+    # where the teacher labels: False = on the student's augmented batch, each step; True = on the whole,
+    # un-augmented unlabeled cases (nnU-Net's sliding-window predictor) when the unlabeled loss starts and every
+    # teacher_label_refresh_fraction of the schedule after, the labels then moved with the image through the
+    # student's augmentation by nnU-Net's loader (`nnunet_cps4.nnunet.teacher_label_cache` says why)
+    whole_case_teacher_labels: bool = False
+    teacher_label_refresh_fraction: float = 0.2
     # keys logged every epoch (mean over the epoch's steps) and plotted in progress_semi_supervised.png
     ssl_log_keys: Tuple[str, ...] = ("ssl_lambda", "supervised_loss", "unlabeled_loss", "teacher_confidence",
                                      "pseudo_label_ignored")
@@ -96,6 +104,9 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
         self.global_step = 0
         self.dataloader_unlabeled = None
         self.unlabeled_folder = None
+        self.teacher_labels_folder: Optional[str] = None
+        self._teacher_labels_epoch: Optional[int] = None  # epoch the stored teacher labels were made (this run)
+        self._stored_label_weight = 1.0
         register_log_keys(self, self.ssl_log_keys)
 
     # --- set-up ------------------------------------------------------------------------------------------
@@ -159,7 +170,8 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
     def ssl_settings(self) -> dict:
         settings = {k: getattr(self, k) for k in ("ema_decay", "unlabeled_weight", "rampup_fraction",
                                                    "unlabeled_start_fraction", "unlabeled_batch_ratio",
-                                                   "pseudo_label_dice_weight", "order_pseudo_labels")}
+                                                   "pseudo_label_dice_weight", "order_pseudo_labels",
+                                                   "whole_case_teacher_labels", "teacher_label_refresh_fraction")}
         return {**settings, "pseudo_label_rule": self.pseudo_label_rule.to_dict()}
 
     def unwrapped_student(self) -> nn.Module:
@@ -208,8 +220,66 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
                                           maps_folder=self.unlabeled_maps_folder())
 
     def unlabeled_maps_folder(self) -> Optional[str]:
-        """Per-case maps that travel with the unlabeled batch as its target's last channel (CPS4: stored VLM
-        votes); the mean teacher has none."""
+        """Per-case maps that travel with the unlabeled batch as its target's last channel: the stored teacher
+        labels of whole cases (once made), CPS4 without them: its stored VLM votes."""
+        return self.teacher_labels_folder
+
+    # --- the teacher's labels of whole cases (whole_case_teacher_labels) -------------------------------------
+    def is_teacher_label_epoch(self, epoch: int) -> bool:
+        """Whether the teacher labels the whole unlabeled cases before `epoch`: from the epoch in which the
+        unlabeled loss starts, every teacher_label_refresh_fraction of the schedule (0: once), and on the first
+        epoch of a resumed run that needs them."""
+        first = int(np.floor(self.unlabeled_start_fraction * self.num_epochs))
+        if not self.whole_case_teacher_labels or epoch < first:
+            return False
+        if self._teacher_labels_epoch is None:
+            return True
+        period = int(round(self.teacher_label_refresh_fraction * self.num_epochs))
+        return period > 0 and (epoch - first) % period == 0
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        if self.is_teacher_label_epoch(self.current_epoch):
+            self.make_teacher_labels()
+
+    def make_teacher_labels(self) -> None:
+        """The teacher labels every unlabeled case whole into the fold folder's teacher_labels/, then the
+        unlabeled loader is rebuilt to carry them."""
+        if self.dataloader_unlabeled is not None and hasattr(self.dataloader_unlabeled, "_finish"):
+            self.dataloader_unlabeled._finish()
+        folder = os.path.join(self.output_folder, "teacher_labels")
+        if self.local_rank == 0:
+            predictor = sliding_window_predictor(self.teacher, self.plans_manager, self.configuration_manager,
+                                                 self.dataset_json, self.device, self.__class__.__name__)
+            write_teacher_labels(self.dataset_class(self.unlabeled_folder), predictor, self.whole_case_pseudo_labels,
+                                 folder, self.pseudo_ignore_label, len(self.configuration_manager.patch_size) == 2,
+                                 self.current_epoch, log=self.print_to_log_file)
+        if self.is_ddp:
+            dist.barrier()
+        self.teacher_labels_folder = folder
+        self._teacher_labels_epoch = self.current_epoch
+        self.dataloader_unlabeled = self.get_unlabeled_dataloader()
+        next(self.dataloader_unlabeled)
+
+    @torch.no_grad()
+    def whole_case_pseudo_labels(self, case: str, data: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The pseudo labels (B, 1, *S) of one whole case in the batch layout: the same rule as on a batch
+        (`make_pseudo_labels`), with `whole_case_maps` as the batch's target."""
+        maps = self.whole_case_maps(case)
+        target = None if maps is None else \
+            as_batch(torch.from_numpy(maps.astype(np.int64))[None], len(self.configuration_manager.patch_size) == 2)
+        targets, _ = self.make_pseudo_labels(data.to(self.device), logits.to(self.device),
+                                             None if target is None else target.to(self.device))
+        used = [(w, labels) for w, labels in targets.values() if w != 0]
+        if len(used) != 1:
+            raise CPS4Error(f"{self.__class__.__name__} stores one pseudo label per case "
+                            f"(whole_case_teacher_labels) but its rule makes {len(used)} weighted targets. Fix: "
+                            f"give every target but one weight 0 (CPS4: text_loss_weight = 0)")
+        self._stored_label_weight = float(used[0][0])
+        return used[0][1]
+
+    def whole_case_maps(self, case: str) -> Optional[np.ndarray]:
+        """Per-case maps the pseudo-label rule reads for a whole case (CPS4: the stored VLM votes); none here."""
         return None
 
     def on_train_end(self):
@@ -248,6 +318,23 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
                                             .float().mean().item()}
 
     @torch.no_grad()
+    def batch_pseudo_labels(self, data_u: torch.Tensor, target_u: torch.Tensor
+                            ) -> Tuple[Dict[str, Tuple[float, torch.Tensor]], Dict[str, float]]:
+        """The student's targets on an unlabeled batch: the stored whole-case teacher labels the loader moved
+        with the image, or the teacher's labels of this augmented batch."""
+        if not self.whole_case_teacher_labels:
+            return self.make_pseudo_labels(data_u, self.teacher(data_u), target_u)
+        if self.teacher_labels_folder is None:
+            raise CPS4Error(f"{self.__class__.__name__}: an unlabeled step before the teacher labelled the whole "
+                            f"cases (epoch {self.current_epoch}). Fix: report this; whole_case_teacher_labels "
+                            f"makes them at the start of the epoch in which the unlabeled loss starts")
+        labels = decode_labels(target_u[:, -1:].to(self.device), self.pseudo_ignore_label)
+        nan = float("nan")
+        stats = {k: nan for k in self.ssl_log_keys if k not in ("ssl_lambda", "supervised_loss", "unlabeled_loss")}
+        stats["pseudo_label_ignored"] = (labels == self.pseudo_ignore_label).float().mean().item()
+        return {"teacher": (self._stored_label_weight, labels)}, stats
+
+    @torch.no_grad()
     def labeled_batch_stats(self, data: torch.Tensor, target: torch.Tensor) -> Dict[str, float]:
         """Extra per-step statistics on the labeled batch (full-resolution target); CPS4 adds the VLM's Dice.
 
@@ -281,9 +368,7 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
 
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            with torch.no_grad():
-                teacher_logits = self.teacher(data_u)
-            pseudo_targets, stats = self.make_pseudo_labels(data_u, teacher_logits, unlabeled["target"])
+            pseudo_targets, stats = self.batch_pseudo_labels(data_u, unlabeled["target"])
             # one student pass over both batches (nnU-Net's instance norm keeps samples independent)
             output = self.network(torch.cat((data, data_u)))
             outputs = output if isinstance(output, (list, tuple)) else [output]
