@@ -53,6 +53,10 @@ def test_tiny_benchmark_end_to_end(tmp_path):
         assert 0.0 <= ordered["teacher"][when]["mean_Dice"][0] <= 1.0
     assert set(summary["supervised"]["pseudo_label_spine_order"]) == {"teacher"}
     assert "cases with every level placed" in md
+    # ... and so is every method's test prediction (the phantom's test labels, spine order of its prompt file)
+    for entry in summary.values():
+        assert 0.0 <= entry["every_level_placed"][0] <= 1.0
+    assert "test cases with every level placed (%)" in md
 
     # offline pseudo-labelling: stock nnU-Net retrained on the labeled cases plus the supervised model's
     # predictions of the unlabeled ones, with the split's own plans and the same schedule
@@ -70,11 +74,14 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     cached = out / "predictions" / "cps4" / "fraction_0.5_seed_0" / "metrics.json"
     old = json.loads(cached.read_text())
     del old["pseudo_labels"]["foreground_volume_ratio"], old["pseudo_labels"]["spine_order"]
+    del old["every_level_placed"]
     cached.write_text(json.dumps(old))
     again = subprocess.run([os.path.join(BIN, "nnUNetv2_cps4_benchmark"), "--preset", "tiny", "--out", str(out),
                             "--no-cost", "--report", "again"], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "training nnUNetTrainer" not in again.stdout
-    assert {"foreground_volume_ratio", "spine_order"} <= set(json.loads(cached.read_text())["pseudo_labels"])
+    completed = json.loads(cached.read_text())
+    assert {"foreground_volume_ratio", "spine_order"} <= set(completed["pseudo_labels"])
+    assert set(completed["every_level_placed"]["cases"]) == set(split["test"])
     refused = subprocess.run([os.path.join(BIN, "nnUNetv2_cps4_benchmark"), "--preset", "tiny", "--out", str(out),
                               "--schedule", "5epochs"], env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "another protocol" in refused.stderr and "schedule" in refused.stderr
@@ -97,6 +104,33 @@ def test_foreground_volume_ratio_counts_any_foreground_label(tmp_path):
             sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / folder / f"{case}.nii.gz"))
     result = foreground_volume_ratio(str(tmp_path / "pred"), str(tmp_path / "ref"), ["a", "b"])
     assert result["cases"] == {"a": 0.25, "b": 4.0} and result["median"] == 2.125
+
+
+def test_every_level_placed_reads_each_test_case_against_its_reference(tmp_path):
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nnunet_cps4.data.layout import MRSPINESEG_LABELS
+    from nnunet_cps4.experiments.evaluation import evaluate_folder, every_level_placed
+    from nnunet_cps4.method.prompts import load_shipped_prompts
+    from nnunet_cps4.method.spine_order import LevelOrder
+
+    order = LevelOrder.from_prompts(load_shipped_prompts("mrspineseg", {"labels": MRSPINESEG_LABELS}))
+    l4, l5 = MRSPINESEG_LABELS["L4"], MRSPINESEG_LABELS["L5"]
+    ref = np.zeros((1, 20, 6), np.uint8)
+    ref[0, 2:6, 1:5], ref[0, 10:14, 1:5] = l4, l5
+    swapped = np.where(ref == l4, l5, np.where(ref == l5, l4, 0)).astype(np.uint8)
+    missing = np.where(ref == l5, 0, ref).astype(np.uint8)
+    for folder, arrays in (("ref", {"a": ref, "b": ref, "c": ref}), ("pred", {"a": ref, "b": swapped, "c": missing})):
+        os.makedirs(tmp_path / folder)
+        for case, array in arrays.items():
+            sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / folder / f"{case}.nii.gz"))
+    result = every_level_placed(str(tmp_path / "pred"), str(tmp_path / "ref"), ["a", "b", "c"], order)
+    assert result["cases"] == {"a": True, "b": False, "c": False} and abs(result["fraction"] - 1 / 3) < 1e-9
+    labels = {"L4": l4, "L5": l5}
+    assert evaluate_folder(str(tmp_path / "pred"), str(tmp_path / "ref"), labels, order=order)[
+        "every_level_placed"] == result
+    assert "every_level_placed" not in evaluate_folder(str(tmp_path / "pred"), str(tmp_path / "ref"), labels)
 
 
 def _fake_metrics(dice):

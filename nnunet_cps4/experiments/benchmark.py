@@ -34,7 +34,7 @@ from nnunet_cps4.data.phantom.field import DEFAULT_FIELD
 from nnunet_cps4.data.split import resolve_raw_dataset, split_labeled_dataset
 from nnunet_cps4.errors import CPS4Error
 from nnunet_cps4.experiments.cost import format_cost_table, measure_cost
-from nnunet_cps4.experiments.evaluation import evaluate_folder, foreground_volume_ratio
+from nnunet_cps4.experiments.evaluation import every_level_placed, evaluate_folder, foreground_volume_ratio
 from nnunet_cps4.experiments.offline_pseudo_labels import SUFFIX as OFFLINE_SUFFIX
 from nnunet_cps4.experiments.offline_pseudo_labels import prepare_offline_pseudo_labelling
 from nnunet_cps4.experiments.pseudo_label_quality import pseudo_label_quality, unlabeled_cases_with_references
@@ -42,6 +42,8 @@ from nnunet_cps4.experiments.report import (BASELINE, markdown_table, plot_summa
                                             summarize)
 from nnunet_cps4.experiments.variants import (ALL_SCHEDULES, EXPERIMENT_TRAINER_FOLDER, METHODS,
                                               OFFLINE_PSEUDO_LABELS)
+from nnunet_cps4.method.prompts import load_dataset_prompts
+from nnunet_cps4.method.spine_order import LevelOrder
 from nnunet_cps4.nnunet.discovery import EXT_TRAINER_FOLDER, ext_trainer_value
 
 PRESETS: Dict[str, dict] = {
@@ -238,6 +240,7 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
               "-p", plans_id], env, log)
 
     labels = {k: v for k, v in dataset_json["labels"].items() if v != 0 and k != "ignore"}
+    order = LevelOrder.from_prompts(load_dataset_prompts(dataset_json, os.path.basename(raw)))  # None: no order
     run = {"dataset": os.path.basename(raw), "fraction": fraction, "seed": seed, "plans": plans_id,
            "num_labeled": dataset_json["numTraining"], "methods": {}}
     for method in args.methods:
@@ -256,7 +259,7 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
         if os.path.isfile(metrics_file):
             with open(metrics_file) as f:
                 metrics = json.load(f)
-            if _complete_older_metrics(metrics, pred, raw, source, dataset_json, model, args):
+            if _complete_older_metrics(metrics, pred, raw, source, dataset_json, model, args, order):
                 with open(metrics_file, "w") as f:
                     json.dump(metrics, f, indent=1)
             run["methods"][method] = metrics
@@ -280,7 +283,8 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
                   "-f", args.fold, "-tr", trainer, "-p", plans_id, "-device", args.device, "-chk",
                   "checkpoint_final.pth"] + (["-npp", "0", "-nps", "0"] if args.device == "cpu" else []), env, log)
         # the only place the test labels are read
-        metrics = evaluate_folder(pred, os.path.join(source, "labelsTs"), labels, dataset_json["file_ending"])
+        metrics = evaluate_folder(pred, os.path.join(source, "labelsTs"), labels, dataset_json["file_ending"],
+                                  order)
         metrics.update({"trainer": trainer, "train_seconds": train_seconds})
         quality = _pseudo_labels(raw, source, dataset_json, model, args)
         if quality:
@@ -293,10 +297,14 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
 
 
 def _complete_older_metrics(metrics: dict, pred: str, raw: str, source: str, dataset_json: dict, model: str,
-                            args) -> bool:
-    """Add what metrics written by older versions lack (the test foreground volume ratio; the pseudo labels'
-    volume ratio and spine-order scores); True if anything was added."""
+                            args, order: Optional[LevelOrder]) -> bool:
+    """Add what metrics written by older versions lack (the test foreground volume ratio and cases with every
+    level placed; the pseudo labels' volume ratio and spine-order scores); True if anything was added."""
     added = False
+    if order is not None and "every_level_placed" not in metrics:
+        metrics["every_level_placed"] = every_level_placed(pred, os.path.join(source, "labelsTs"),
+                                                           sorted(metrics["cases"]), order, dataset_json["file_ending"])
+        added = True
     if "foreground_volume_ratio" not in metrics:
         metrics["foreground_volume_ratio"] = foreground_volume_ratio(
             pred, os.path.join(source, "labelsTs"), sorted(metrics["cases"]), dataset_json["file_ending"])

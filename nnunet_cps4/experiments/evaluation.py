@@ -6,11 +6,14 @@ Conventions (also written into every results file):
 - HD95 (mm, using the image spacing) is NaN when the class is empty in the reference or the prediction.
 - Foreground volume ratio: voxels with any foreground label in the prediction / in the reference, per case; its
   median over cases shows under- (< 1) or over-segmentation (> 1) that a mean Dice hides.
+- Every level placed (datasets whose prompts declare a spine order): per case, whether every vertebra and disc of
+  the reference is predicted and nearest to its own reference centroid (`spine_order.levels_correctly_placed`);
+  the fraction of cases is reported.
 - Per-class scores are means over cases (NaN-aware); the case-level "mean" is over the foreground classes that
   are defined for that case, and a method's mean Dice is the mean over classes of the per-class means.
 """
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 from medpy.metric.binary import hd95
@@ -18,6 +21,7 @@ from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
 from nnunet_cps4.method.metrics import dice_from_counts
+from nnunet_cps4.method.spine_order import LevelOrder, levels_correctly_placed
 
 METRIC_NOTES = ("Dice/IoU: class absent in reference and prediction -> NaN (excluded from means); "
                 "HD95 in mm via medpy.metric.binary.hd95, NaN if the class is empty in either image")
@@ -62,20 +66,31 @@ def ratio_summary(ratios: Dict[str, float]) -> dict:
     return {"cases": ratios, "median": float(np.nanmedian(values)) if np.isfinite(values).any() else float("nan")}
 
 
-def evaluate_folder(pred_folder: str, ref_folder: str, labels: Dict[str, int], file_ending: str = ".nii.gz"
-                    ) -> dict:
-    """Every reference case must have a prediction; returns per-case and aggregated metrics (each file read once)."""
+def placed_summary(placed: Dict[str, bool]) -> dict:
+    """{"cases": {case: every level placed}, "fraction": of the cases}."""
+    return {"cases": placed, "fraction": float(np.mean(list(placed.values()))) if placed else float("nan")}
+
+
+def evaluate_folder(pred_folder: str, ref_folder: str, labels: Dict[str, int], file_ending: str = ".nii.gz",
+                    order: Optional[LevelOrder] = None) -> dict:
+    """Every reference case must have a prediction; returns per-case and aggregated metrics (each file read once),
+    with "every_level_placed" when a spine `order` is given."""
     cases = sorted(f[:-len(file_ending)] for f in os.listdir(ref_folder) if f.endswith(file_ending))
     missing = [c for c in cases if not os.path.isfile(os.path.join(pred_folder, c + file_ending))]
     if missing:
         raise FileNotFoundError(f"{pred_folder} lacks predictions for {missing}")
     rw = SimpleITKIO()
-    per_case, ratios = {}, {}
+    per_case, ratios, placed = {}, {}, {}
     for c in cases:
         pred, ref, spacing = _read_case(pred_folder, ref_folder, c, file_ending, rw)
         per_case[c] = evaluate_case(pred, ref, spacing, labels)
         ratios[c] = volume_ratio(pred, ref)
-    return {"cases": per_case, **aggregate(per_case, list(labels)), "foreground_volume_ratio": ratio_summary(ratios)}
+        if order is not None:
+            placed[c] = levels_correctly_placed(pred[0], ref[0], order, spacing)
+    result = {"cases": per_case, **aggregate(per_case, list(labels)), "foreground_volume_ratio": ratio_summary(ratios)}
+    if order is not None:
+        result["every_level_placed"] = placed_summary(placed)
+    return result
 
 
 def foreground_volume_ratio(pred_folder: str, ref_folder: str, cases: List[str], file_ending: str = ".nii.gz"
@@ -85,6 +100,17 @@ def foreground_volume_ratio(pred_folder: str, ref_folder: str, cases: List[str],
     rw = SimpleITKIO()
     return ratio_summary({c: volume_ratio(*_read_case(pred_folder, ref_folder, c, file_ending, rw)[:2])
                            for c in cases})
+
+
+def every_level_placed(pred_folder: str, ref_folder: str, cases: List[str], order: LevelOrder,
+                       file_ending: str = ".nii.gz") -> dict:
+    """`placed_summary` from the files (for results evaluated before the fraction existed)."""
+    rw = SimpleITKIO()
+    placed = {}
+    for c in cases:
+        pred, ref, spacing = _read_case(pred_folder, ref_folder, c, file_ending, rw)
+        placed[c] = levels_correctly_placed(pred[0], ref[0], order, spacing)
+    return placed_summary(placed)
 
 
 def aggregate(per_case: Dict[str, Dict[str, dict]], class_names: List[str]) -> dict:

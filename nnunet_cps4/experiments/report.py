@@ -40,6 +40,8 @@ def summarize(runs: List[dict], methods: List[str], class_names: List[str]) -> d
             for metric in ("Dice", "IoU", "HD95"):
                 entry[f"mean_{metric}"] = mean_sd([m["mean"][metric] for m in per_seed])
             entry["foreground_volume_ratio"] = mean_sd([m["foreground_volume_ratio"]["median"] for m in per_seed])
+            entry["every_level_placed"] = mean_sd([m["every_level_placed"]["fraction"] for m in per_seed
+                                                   if "every_level_placed" in m])  # datasets with a spine order
             entry["per_class_Dice"] = {c: mean_sd([m["per_class"][c]["Dice"] for m in per_seed]) for c in class_names}
             quality = [m["pseudo_labels"]["mean_Dice"] for m in per_seed if "pseudo_labels" in m]
             if quality:
@@ -81,11 +83,13 @@ def markdown_table(summary: dict, class_names: List[str], args) -> str:
     for fraction, methods in summary.items():
         lines += [f"### {float(fraction) * 100:g} % labeled", "",
                   "| method | mean Dice | vs supervised (paired) | mean IoU | mean HD95 (mm) | foreground volume "
-                  "pred/true (median) | seeds |", "|---|---|---|---|---|---|---|"]
+                  "pred/true (median) | test cases with every level placed (%) | seeds |",
+                  "|---|---|---|---|---|---|---|---|"]
         for method, e in methods.items():
             lines.append(f"| {method} | {pm(e['mean_Dice'])} | {pm(e['paired_Dice_vs_supervised'], sign=True)} | "
                          f"{pm(e['mean_IoU'])} | {pm(e['mean_HD95'], scale=1.0)} | "
-                         f"{pm(e['foreground_volume_ratio'], scale=1.0, digits=2)} | {e['seeds']} |")
+                         f"{pm(e['foreground_volume_ratio'], scale=1.0, digits=2)} | "
+                         f"{pm(e['every_level_placed'], digits=0)} | {e['seeds']} |")
         quality = {m: e["pseudo_label_mean_Dice"] for m, e in methods.items() if "pseudo_label_mean_Dice" in e}
         if quality:
             lines += ["", "Pseudo labels on unlabeled training cases (mean Dice vs their true labels of the final "
