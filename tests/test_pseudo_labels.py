@@ -128,6 +128,9 @@ def test_warmup_trains_on_labeled_cases_alone_then_ramps(planned_toy, monkeypatc
     student = trainer.unwrapped_student().state_dict()
     assert all(torch.equal(trainer.teacher.state_dict()[k], student[k]) for k in student)  # alpha 0 at step 0
     assert any(not torch.equal(teacher_before[k], student[k]) for k in student)
+    # what the cost measurement times: the first epoch whose steps use the unlabeled batch
+    trainer.start_unlabeled_phase()
+    assert trainer.current_epoch == 5 and trainer.current_unlabeled_weight() > 0
 
 
 def test_non_finite_loss_stops_training_with_the_cases_named(planned_toy, monkeypatch, tmp_path):

@@ -107,19 +107,26 @@ def test_every_trainer_variant_instantiates(plans, monkeypatch):
 
 
 def _stage2_settings(cls) -> dict:
-    keys = ("unlabeled_start_fraction", "rampup_fraction", "pseudo_label_dice_weight", "text_loss_weight")
+    keys = ("unlabeled_start_fraction", "rampup_fraction", "pseudo_label_dice_weight", "text_loss_weight",
+            "whole_case_teacher_labels")
     return {**{k: getattr(cls, k, None) for k in keys}, "rule": cls.pseudo_label_rule}
 
 
 def test_documented_rows_still_train_what_they_measured_after_the_default_change():
-    """The 2026-12-02 defaults (warm-up + Dice+CE; CPS4's VLM as a veto) are the rows chosen in the paper's regime,
-    and the rows measured under the earlier defaults still train exactly those (their tables' commands reproduce)."""
+    """The 2026-12-02 defaults (warm-up + Dice+CE; CPS4's VLM as a veto; then whole-case teacher labels) are the
+    rows chosen in the paper's regime, and the rows measured under the earlier defaults still train exactly those
+    (their tables' commands reproduce)."""
     from nnunet_cps4.experiments import variants
     from nnunet_cps4.nnunet.trainers import registry
 
-    assert _stage2_settings(registry.nnUNetTrainerCPS4) == _stage2_settings(variants.nnUNetTrainerCPS4_warmupDiceVeto)
+    assert _stage2_settings(registry.nnUNetTrainerCPS4) == _stage2_settings(variants.nnUNetTrainerCPS4_wholeCase)
     assert (_stage2_settings(registry.nnUNetTrainerMeanTeacher)
-            == _stage2_settings(variants.nnUNetTrainerMeanTeacher_warmupDice))
+            == _stage2_settings(variants.nnUNetTrainerMeanTeacher_wholeCase))
+    # the per-batch rows measured before the whole-case change: the defaults of that day, teacher on the batch
+    for per_batch, default in ((variants.nnUNetTrainerCPS4_warmupDiceVeto, registry.nnUNetTrainerCPS4),
+                               (variants.nnUNetTrainerMeanTeacher_warmupDice, registry.nnUNetTrainerMeanTeacher)):
+        assert _stage2_settings(per_batch) == {**_stage2_settings(default), "whole_case_teacher_labels": False}
+    assert not variants.nnUNetTrainerCPS4_precomputed.whole_case_teacher_labels
     paper = variants.nnUNetTrainerCPS4_paper
     assert (paper.unlabeled_start_fraction, paper.rampup_fraction, paper.pseudo_label_dice_weight,
             paper.text_loss_weight, paper.pseudo_label_rule.silent_defers) == (0.0, 0.4, 0.0, 1.0, False)
@@ -128,12 +135,12 @@ def test_documented_rows_still_train_what_they_measured_after_the_default_change
                  "nnUNetTrainerMeanTeacher_noSIMirror"):
         row = getattr(variants, name)
         assert (row.unlabeled_start_fraction, row.pseudo_label_dice_weight) == (0.0, 0.0), name
-        assert issubclass(row, before), name
+        assert issubclass(row, before) and not row.whole_case_teacher_labels, name
     for name in ("nnUNetTrainerCPS4_lowWeight", "nnUNetTrainerCPS4_ordered", "nnUNetTrainerCPS4_noSIMirror",
                  "nnUNetTrainerCPS4_textOnly"):
         row = getattr(variants, name)
-        assert (row.text_loss_weight, row.unlabeled_start_fraction, row.pseudo_label_rule.silent_defers) == (
-            1.0, 0.0, False), name
+        assert (row.text_loss_weight, row.unlabeled_start_fraction, row.pseudo_label_rule.silent_defers,
+                row.whole_case_teacher_labels) == (1.0, 0.0, False, False), name
     assert variants.nnUNetTrainerCPS4_hardDiceCE.pseudo_label_rule.silent_text_ignored is False
     assert variants.METHODS["cps4_paper"] == "nnUNetTrainerCPS4_paper"
 

@@ -3,16 +3,19 @@
 Each training step draws a labeled batch and an unlabeled batch from nnU-Net's own loader and augmentation. The
 student (nnU-Net's network) is trained with nnU-Net's Dice+CE loss with deep supervision on the labeled batch,
 plus lambda(t) times the same loss against pseudo labels on the unlabeled batch. The teacher is an exponential
-moving average of the student, alpha = min(1 - 1/(step + 1), ema_decay) (the predecessor code's rule), and
-predicts the pseudo labels (hard argmax) on the same augmented unlabeled batch; pixels it is unsure of (probability
-below the rule's 0.9) are left unsupervised. By default the first half of the schedule trains on the labeled batch
-alone (the teacher still averaging), then lambda ramps up over 20 % of the schedule.
+moving average of the student, alpha = min(1 - 1/(step + 1), ema_decay) (the predecessor code's rule). By default
+the first half of the schedule trains on the labeled batch alone (the teacher still averaging); then the teacher
+labels every whole, un-augmented unlabeled case (hard argmax; pixels it is unsure of, probability below the rule's
+0.9, left unsupervised), again every 20 % of the schedule, nnU-Net's loader moves those labels with the image
+through the student's augmentation, and lambda ramps up over 20 % of the schedule. (The per-batch form, the teacher
+labelling the student's augmented batch each step, is `whole_case_teacher_labels = False`.)
 
 Everything semi-supervised is a class attribute, so a variant is a two-line subclass. Checkpoints keep nnU-Net's
 contract: `network_weights` is the student alone (stock `nnUNetv2_predict` loads it strictly); the teacher and
 the step counter go under the extra key `cps4_state`, so `--c` resumes with the same teacher and ramp.
 
-This trainer is also the base of CPS4 (`nnunet_cps4.nnunet.trainers.cps4`), which only changes `make_pseudo_labels`.
+This trainer is also the base of CPS4 (`nnunet_cps4.nnunet.trainers.cps4`), which changes `make_pseudo_labels` (and
+gives the whole-case labels its stored VLM votes).
 Schedule variants (nnUNetTrainerMeanTeacher_5epochs, ...) are generated in `registry`.
 """
 import os
@@ -87,11 +90,14 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
     # relabel the pseudo labels' vertebrae and discs by their order along the spine (method/spine_order.py, the
     # order declared in the dataset's prompt file); what cannot be placed is left unsupervised
     order_pseudo_labels: bool = False
-    # where the teacher labels: False = on the student's augmented batch, each step; True = on the whole,
-    # un-augmented unlabeled cases (nnU-Net's sliding-window predictor) when the unlabeled loss starts and every
-    # teacher_label_refresh_fraction of the schedule after, the labels then moved with the image through the
-    # student's augmentation by nnU-Net's loader (`nnunet_cps4.nnunet.teacher_label_cache` says why)
-    whole_case_teacher_labels: bool = False
+    # where the teacher labels: True = on the whole, un-augmented unlabeled cases (nnU-Net's sliding-window
+    # predictor) when the unlabeled loss starts and every teacher_label_refresh_fraction of the schedule after, the
+    # labels then moved with the image through the student's augmentation by nnU-Net's loader
+    # (`nnunet_cps4.nnunet.teacher_label_cache` says why); False = on the student's augmented batch, each step.
+    # Default True since 2026-12-02, chosen on the teacher's labels of unlabeled cases in the paper's regime (87.8 vs
+    # 85.0, CPS4 87.5 vs 85.8; docs/BENCHMARKS.md "Whole-case teacher labels"); rows meanteacher_warmupDice /
+    # cps4_warmupDiceVeto are the per-batch form
+    whole_case_teacher_labels: bool = True
     teacher_label_refresh_fraction: float = 0.2
     # keys logged every epoch (mean over the epoch's steps) and plotted in progress_semi_supervised.png
     ssl_log_keys: Tuple[str, ...] = ("ssl_lambda", "supervised_loss", "unlabeled_loss", "teacher_confidence",
@@ -286,6 +292,13 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
         super().on_train_end()
         if self.dataloader_unlabeled is not None and hasattr(self.dataloader_unlabeled, "_finish"):
             self.dataloader_unlabeled._finish()
+
+    def start_unlabeled_phase(self) -> None:
+        """Jump to the first epoch whose steps use the unlabeled batch (as if resumed there): for measuring what a
+        semi-supervised step costs (`nnunet_cps4.experiments.cost`), not for training."""
+        self.current_epoch = int(np.ceil(self.unlabeled_start_fraction * self.num_epochs))
+        self.global_step = self.current_epoch * self.num_iterations_per_epoch
+        self.on_train_epoch_start()
 
     # --- one step ------------------------------------------------------------------------------------------
     def current_unlabeled_weight(self) -> float:
