@@ -243,4 +243,6 @@ def test_whole_case_teacher_labels_are_made_on_schedule_and_travel_with_the_augm
     monkeypatch.setattr(trainer, "update_teacher", lambda: None)
     result = trainer.train_step({"data": labeled, "target": labels_like_outputs((labeled > 0).long(), outputs)})
     assert result["ssl_lambda"] > 0 and np.isfinite(result["unlabeled_loss"]) and result["unlabeled_loss"] != 0
-    assert np.isnan(result["teacher_confidence"]) and 0 <= result["pseudo_label_ignored"] < 1
+    # logged: the rule's statistics of the stored whole-case labels, and the ignored share of this batch
+    assert result["teacher_confidence"] == pytest.approx(manifest["stats"]["teacher_confidence"])
+    assert manifest["weight"] == 1.0 and 0 <= result["pseudo_label_ignored"] < 1

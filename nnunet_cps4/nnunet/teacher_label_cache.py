@@ -16,7 +16,7 @@ Stored codes: 0 = unsupervised (also what the loader's padding becomes), label k
 import json
 import os
 import shutil
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -50,34 +50,51 @@ def from_batch(batch_array: torch.Tensor, two_d: bool) -> torch.Tensor:
     return batch_array[:, 0] if two_d else batch_array[0, 0]
 
 
-def write_teacher_labels(dataset, predictor, label_case: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor],
-                         out_folder: str, ignore_value: int, two_d: bool, epoch: int, log=print) -> Dict[str, float]:
+LabelCase = Callable[[str, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, float, Dict[str, float]]]
+
+
+def write_teacher_labels(dataset, predictor, label_case: LabelCase, out_folder: str, ignore_value: int, two_d: bool,
+                         epoch: int, log=print) -> dict:
     """Label every case of `dataset` (an nnU-Net dataset of preprocessed unlabeled cases) into `out_folder`.
 
     predictor: an nnU-Net predictor holding the teacher; label_case(case, data, logits) gets one case in the batch
-    layout (`as_batch`) and returns its pseudo labels (B, 1, *S) with `ignore_value` where unsupervised. The folder
-    is replaced as a whole (written beside it, then renamed). Returns the fraction of unsupervised voxels."""
+    layout (`as_batch`) and returns its pseudo labels (B, 1, *S) with `ignore_value` where unsupervised, the weight
+    of their loss and the rule's statistics. The folder is replaced as a whole (written beside it, then renamed);
+    its manifest (returned) holds the epoch, the cases, the weight and the statistics' means over the cases, so
+    that every process of a distributed run reads the same."""
     cases: List[str] = sorted(dataset.identifiers)
     tmp = out_folder + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    ignored, total = 0, 0
+    ignored, total, weights, per_case = 0, 0, set(), []
     for case in cases:
         data = torch.from_numpy(np.asarray(dataset.load_case(case)[0][:])).float()
         with torch.no_grad():
             logits = predictor.predict_sliding_window_return_logits(data).float().cpu()
-        labels = from_batch(label_case(case, as_batch(data, two_d), as_batch(logits, two_d)).cpu(), two_d)
+        labels, weight, stats = label_case(case, as_batch(data, two_d), as_batch(logits, two_d))
+        labels = from_batch(labels.cpu(), two_d)
         ignored += int((labels == ignore_value).sum())
         total += labels.numel()
+        weights.add(float(weight))
+        if len(weights) > 1:
+            raise ValueError(f"pseudo labels of one labelling need one loss weight, got {sorted(weights)}")
+        per_case.append(stats)
         dataset.save_seg(encode_labels(labels, ignore_value), os.path.join(tmp, case))
-    stats = {"unsupervised_fraction": ignored / max(1, total)}
+    manifest = {"epoch": epoch, "cases": cases, "unsupervised_fraction": ignored / max(1, total),
+                "weight": weights.pop() if weights else 0.0,
+                "stats": {k: float(np.mean([s[k] for s in per_case])) for k in (per_case[0] if per_case else {})}}
     with open(os.path.join(tmp, MANIFEST), "w") as f:
-        json.dump({"epoch": epoch, "cases": cases, **stats}, f, indent=1)
+        json.dump(manifest, f, indent=1)
     shutil.rmtree(out_folder, ignore_errors=True)  # ours: the trainer's fold folder
     os.replace(tmp, out_folder)
     log(f"teacher labels of {len(cases)} whole unlabeled case(s) written to {out_folder} (epoch {epoch}; "
-        f"{100 * stats['unsupervised_fraction']:.1f} % of voxels unsupervised)")
-    return stats
+        f"{100 * manifest['unsupervised_fraction']:.1f} % of voxels unsupervised)")
+    return manifest
+
+
+def read_manifest(folder: str) -> dict:
+    with open(os.path.join(folder, MANIFEST)) as f:
+        return json.load(f)
 
 
 def case_maps(dataset_class, unlabeled_folder: str, maps_folder: Optional[str], case: str) -> Optional[np.ndarray]:

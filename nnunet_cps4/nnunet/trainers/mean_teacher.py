@@ -39,7 +39,7 @@ from nnunet_cps4.method.prompts import load_dataset_prompts
 from nnunet_cps4.method.pseudo_labels import PseudoLabelRule
 from nnunet_cps4.method.spine_order import LevelOrder, order_levels
 from nnunet_cps4.nnunet.checkpoints import ExtraCheckpointStateMixin
-from nnunet_cps4.nnunet.teacher_label_cache import as_batch, decode_labels, write_teacher_labels
+from nnunet_cps4.nnunet.teacher_label_cache import as_batch, decode_labels, read_manifest, write_teacher_labels
 from nnunet_cps4.nnunet.trainers.common import (FoldGuardMixin, backward_and_step, log_epoch_means,
                                                 register_log_keys, unwrap)
 from nnunet_cps4.nnunet.trainers.spine_mirroring import SpineMirroringMixin
@@ -112,7 +112,7 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
         self.unlabeled_folder = None
         self.teacher_labels_folder: Optional[str] = None
         self._teacher_labels_epoch: Optional[int] = None  # epoch the stored teacher labels were made (this run)
-        self._stored_label_weight = 1.0
+        self._stored_labels: dict = {}  # manifest of the stored teacher labels: weight, the rule's statistics
         register_log_keys(self, self.ssl_log_keys)
 
     # --- set-up ------------------------------------------------------------------------------------------
@@ -263,26 +263,27 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
         if self.is_ddp:
             dist.barrier()
         self.teacher_labels_folder = folder
+        self._stored_labels = read_manifest(folder)
         self._teacher_labels_epoch = self.current_epoch
         self.dataloader_unlabeled = self.get_unlabeled_dataloader()
         next(self.dataloader_unlabeled)
 
     @torch.no_grad()
-    def whole_case_pseudo_labels(self, case: str, data: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """The pseudo labels (B, 1, *S) of one whole case in the batch layout: the same rule as on a batch
-        (`make_pseudo_labels`), with `whole_case_maps` as the batch's target."""
+    def whole_case_pseudo_labels(self, case: str, data: torch.Tensor, logits: torch.Tensor
+                                 ) -> Tuple[torch.Tensor, float, Dict[str, float]]:
+        """(pseudo labels (B, 1, *S), their loss weight, the rule's statistics) of one whole case in the batch
+        layout: the same rule as on a batch (`make_pseudo_labels`), with `whole_case_maps` as the batch's target."""
         maps = self.whole_case_maps(case)
         target = None if maps is None else \
             as_batch(torch.from_numpy(maps.astype(np.int64))[None], len(self.configuration_manager.patch_size) == 2)
-        targets, _ = self.make_pseudo_labels(data.to(self.device), logits.to(self.device),
-                                             None if target is None else target.to(self.device))
+        targets, stats = self.make_pseudo_labels(data.to(self.device), logits.to(self.device),
+                                                 None if target is None else target.to(self.device))
         used = [(w, labels) for w, labels in targets.values() if w != 0]
         if len(used) != 1:
             raise CPS4Error(f"{self.__class__.__name__} stores one pseudo label per case "
                             f"(whole_case_teacher_labels) but its rule makes {len(used)} weighted targets. Fix: "
                             f"give every target but one weight 0 (CPS4: text_loss_weight = 0)")
-        self._stored_label_weight = float(used[0][0])
-        return used[0][1]
+        return used[0][1], float(used[0][0]), stats
 
     def whole_case_maps(self, case: str) -> Optional[np.ndarray]:
         """Per-case maps the pseudo-label rule reads for a whole case (CPS4: the stored VLM votes); none here."""
@@ -342,10 +343,13 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
                             f"cases (epoch {self.current_epoch}). Fix: report this; whole_case_teacher_labels "
                             f"makes them at the start of the epoch in which the unlabeled loss starts")
         labels = decode_labels(target_u[:, -1:].to(self.device), self.pseudo_ignore_label)
+        # the rule's statistics of the stored labels (whole cases, at their last labelling); ignored pixels of
+        # this augmented batch (padding included)
         nan = float("nan")
         stats = {k: nan for k in self.ssl_log_keys if k not in ("ssl_lambda", "supervised_loss", "unlabeled_loss")}
+        stats.update({k: v for k, v in self._stored_labels["stats"].items() if k in stats})
         stats["pseudo_label_ignored"] = (labels == self.pseudo_ignore_label).float().mean().item()
-        return {"teacher": (self._stored_label_weight, labels)}, stats
+        return {"teacher": (self._stored_labels["weight"], labels)}, stats
 
     @torch.no_grad()
     def labeled_batch_stats(self, data: torch.Tensor, target: torch.Tensor) -> Dict[str, float]:
