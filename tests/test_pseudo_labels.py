@@ -192,7 +192,7 @@ def test_whole_case_teacher_labels_are_made_on_schedule_and_travel_with_the_augm
     import numpy as np
 
     from nnunet_cps4.experiments.variants import nnUNetTrainerMeanTeacher_wholeCase
-    from nnunet_cps4.nnunet.teacher_label_cache import MANIFEST, case_maps, decode_labels
+    from nnunet_cps4.nnunet.teacher_label_cache import MANIFEST, decode_labels
 
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # the batch below from this process's augmentation
     trainer = _trainer(nnUNetTrainerMeanTeacher_wholeCase, planned_toy, monkeypatch, tmp_path)
@@ -214,7 +214,8 @@ def test_whole_case_teacher_labels_are_made_on_schedule_and_travel_with_the_augm
     # each whole case is labelled from its un-augmented image: bright -> 1, dark -> 0, unsure (|x| small) -> none
     for case in manifest["cases"]:
         image = torch.from_numpy(np.asarray(unlabeled.load_case(case)[0][:]))[0]
-        codes = case_maps(trainer.dataset_class, trainer.unlabeled_folder, folder, case)
+        codes = np.asarray(trainer.dataset_class(trainer.unlabeled_folder, folder_with_segs_from_previous_stage=folder)
+                           .load_case(case)[2][:])
         stored = decode_labels(torch.from_numpy(codes)[None, None], ignore)[0, 0]
         assert stored.shape == image.shape
         sure = image.abs() > 0.3

@@ -1,13 +1,14 @@
 """Per-iteration time and peak memory of trainers on the same batch, as ratios to nnUNetTrainer.
 
-Protocol: every trainer is built for the same dataset, plans, configuration and fold, in its own child process
-(so peak memory is its own). The child seeds numpy/torch identically, initialises the trainer as training does
+Protocol: every trainer is built for the same dataset, plans, configuration and fold, in its own child process (so
+peak memory is its own). The child seeds numpy/torch identically, initialises the trainer as training does
 (`on_train_start`: loaders, teacher, VLM), moves a semi-supervised trainer to its first epoch with the unlabeled
 loss (past the labeled-only warm-up, whole-case teacher labels made: the steps that cost what the method adds),
-draws one labeled batch and `n_unlabeled` unlabeled batches up front, then times `train_step` on that labeled batch (cycling the unlabeled ones) for `steps` steps after
-`warmup` steps. Data loading and augmentation are excluded: what is compared is the work each method adds per
-optimizer step. Memory: CUDA max_memory_allocated during the timed steps, or on the CPU the process's peak RSS
-during the timed steps (VmHWM after resetting it through /proc/self/clear_refs).
+draws one labeled batch and `n_unlabeled` unlabeled batches up front, then times `train_step` on that labeled batch
+(cycling the unlabeled ones) for `steps` steps after `warmup` steps. Data loading and augmentation are excluded:
+what is compared is the work each method adds per optimizer step. Memory: CUDA max_memory_allocated during the timed
+steps, or on the CPU the process's peak RSS during the timed steps (VmHWM after resetting it through
+/proc/self/clear_refs).
 
 The trainers must be trainable as they are (CPS4 needs its stage-(i) checkpoint, else it would train it first).
 """

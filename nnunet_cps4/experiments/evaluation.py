@@ -13,7 +13,7 @@ Conventions (also written into every results file):
   are defined for that case, and a method's mean Dice is the mean over classes of the per-class means.
 """
 import os
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 from medpy.metric.binary import hd95
@@ -93,24 +93,27 @@ def evaluate_folder(pred_folder: str, ref_folder: str, labels: Dict[str, int], f
     return result
 
 
+def _per_case_from_files(pred_folder: str, ref_folder: str, cases: List[str], file_ending: str,
+                         measure: Callable) -> dict:
+    """{case: measure(prediction, reference, spacing)} read from the files (for results evaluated before a measure
+    existed; evaluate_folder computes them from the arrays it already read)."""
+    rw = SimpleITKIO()
+    return {c: measure(*_read_case(pred_folder, ref_folder, c, file_ending, rw)) for c in cases}
+
+
 def foreground_volume_ratio(pred_folder: str, ref_folder: str, cases: List[str], file_ending: str = ".nii.gz"
                             ) -> dict:
-    """{"cases": {case: predicted / reference foreground voxels}, "median": over cases}, from the files (for
-    results evaluated before the ratio existed; evaluate_folder computes it from the arrays it already read)."""
-    rw = SimpleITKIO()
-    return ratio_summary({c: volume_ratio(*_read_case(pred_folder, ref_folder, c, file_ending, rw)[:2])
-                           for c in cases})
+    """{"cases": {case: predicted / reference foreground voxels}, "median": over cases}, from the files."""
+    return ratio_summary(_per_case_from_files(pred_folder, ref_folder, cases, file_ending,
+                                              lambda pred, ref, spacing: volume_ratio(pred, ref)))
 
 
 def every_level_placed(pred_folder: str, ref_folder: str, cases: List[str], order: LevelOrder,
                        file_ending: str = ".nii.gz") -> dict:
-    """`placed_summary` from the files (for results evaluated before the fraction existed)."""
-    rw = SimpleITKIO()
-    placed = {}
-    for c in cases:
-        pred, ref, spacing = _read_case(pred_folder, ref_folder, c, file_ending, rw)
-        placed[c] = levels_correctly_placed(pred[0], ref[0], order, spacing)
-    return placed_summary(placed)
+    """`placed_summary` from the files."""
+    return placed_summary(_per_case_from_files(
+        pred_folder, ref_folder, cases, file_ending,
+        lambda pred, ref, spacing: levels_correctly_placed(pred[0], ref[0], order, spacing)))
 
 
 def aggregate(per_case: Dict[str, Dict[str, dict]], class_names: List[str]) -> dict:

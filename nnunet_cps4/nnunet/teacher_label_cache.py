@@ -50,28 +50,31 @@ def from_batch(batch_array: torch.Tensor, two_d: bool) -> torch.Tensor:
     return batch_array[:, 0] if two_d else batch_array[0, 0]
 
 
-LabelCase = Callable[[str, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, float, Dict[str, float]]]
+LabelCase = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], Tuple[torch.Tensor, float, Dict[str, float]]]
 
 
 def write_teacher_labels(dataset, predictor, label_case: LabelCase, out_folder: str, ignore_value: int, two_d: bool,
                          epoch: int, log=print) -> dict:
-    """Label every case of `dataset` (an nnU-Net dataset of preprocessed unlabeled cases) into `out_folder`.
+    """Label every case of `dataset` (an nnU-Net dataset of preprocessed unlabeled cases, opened with the per-case
+    maps the rule reads as its previous-stage folder, if any) into `out_folder`.
 
-    predictor: an nnU-Net predictor holding the teacher; label_case(case, data, logits) gets one case in the batch
-    layout (`as_batch`) and returns its pseudo labels (B, 1, *S) with `ignore_value` where unsupervised, the weight
-    of their loss and the rule's statistics. The folder is replaced as a whole (written beside it, then renamed);
-    its manifest (returned) holds the epoch, the cases, the weight and the statistics' means over the cases, so
-    that every process of a distributed run reads the same."""
+    predictor: an nnU-Net predictor holding the teacher; label_case(data, logits, maps) gets one case in the batch
+    layout (`as_batch`; maps None without a maps folder) and returns its pseudo labels (B, 1, *S) with
+    `ignore_value` where unsupervised, the weight of their loss and the rule's statistics. The folder is replaced as
+    a whole (written beside it, then renamed); its manifest (returned) holds the epoch, the cases, the weight and
+    the statistics' means over the cases, so that every process of a distributed run reads the same."""
     cases: List[str] = sorted(dataset.identifiers)
     tmp = out_folder + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     ignored, total, weights, per_case = 0, 0, set(), []
     for case in cases:
-        data = torch.from_numpy(np.asarray(dataset.load_case(case)[0][:])).float()
+        data, _, maps, _ = dataset.load_case(case)
+        data = torch.from_numpy(np.asarray(data[:])).float()
+        maps = None if maps is None else as_batch(torch.from_numpy(np.asarray(maps[:]).astype(np.int64))[None], two_d)
         with torch.no_grad():
             logits = predictor.predict_sliding_window_return_logits(data).float().cpu()
-        labels, weight, stats = label_case(case, as_batch(data, two_d), as_batch(logits, two_d))
+        labels, weight, stats = label_case(as_batch(data, two_d), as_batch(logits, two_d), maps)
         labels = from_batch(labels.cpu(), two_d)
         ignored += int((labels == ignore_value).sum())
         total += labels.numel()
@@ -96,10 +99,3 @@ def read_manifest(folder: str) -> dict:
     with open(os.path.join(folder, MANIFEST)) as f:
         return json.load(f)
 
-
-def case_maps(dataset_class, unlabeled_folder: str, maps_folder: Optional[str], case: str) -> Optional[np.ndarray]:
-    """The stored per-case map (*S) of `case` in `maps_folder` (previous-stage format), or None without a folder."""
-    if maps_folder is None:
-        return None
-    return np.asarray(dataset_class(unlabeled_folder, identifiers=[case],
-                                    folder_with_segs_from_previous_stage=maps_folder).load_case(case)[2])

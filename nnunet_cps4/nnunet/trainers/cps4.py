@@ -41,7 +41,6 @@ from nnunet_cps4.method.pseudo_labels import PseudoLabelRule, text_vote, with_ba
 from nnunet_cps4.method.text_encoders import resolve_text_encoder_spec
 from nnunet_cps4.nnunet.checkpoints import check_vlm_metadata, load_vlm, vlm_from_metadata, vlm_output_folder
 from nnunet_cps4.nnunet.trainers.mean_teacher import nnUNetTrainerMeanTeacher
-from nnunet_cps4.nnunet.teacher_label_cache import case_maps
 from nnunet_cps4.nnunet.unlabeled import unlabeled_folder_name
 from nnunet_cps4.nnunet.vlm_map_cache import decode_vote, ensure_vlm_maps
 from nnunet_cps4.nnunet.trainers.vlm_pretraining import (nnUNetTrainerCPS4VLM, nnUNetTrainerCPS4VLM_noPixelLoss,
@@ -142,7 +141,7 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
 
     def uses_precomputed_maps(self) -> bool:
         if self.whole_case_teacher_labels:
-            return True  # whole cases are labelled with the stored votes (`whole_case_maps`)
+            return True  # whole cases are labelled with the stored votes (`whole_case_maps_folder`)
         if self.precompute_vlm_maps is not None:
             return bool(self.precompute_vlm_maps)
         return (self.vlm_metadata or {}).get("vlm_config", {}).get("vision") == "medsam"
@@ -151,12 +150,8 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
         # whole-case teacher labels already hold the VLM's refinement; without them the loader carries the votes
         return super().unlabeled_maps_folder() if self.whole_case_teacher_labels else self.vlm_maps_folder
 
-    def whole_case_maps(self, case: str) -> Optional[np.ndarray]:
-        if not self.use_text:
-            return None
-        unlabeled = os.path.join(self.preprocessed_dataset_folder_base,
-                                 unlabeled_folder_name(self.configuration_manager.data_identifier))
-        return case_maps(self.dataset_class, unlabeled, self.vlm_maps_folder, case)
+    def whole_case_maps_folder(self) -> Optional[str]:
+        return self.vlm_maps_folder if self.use_text else None
 
     # --- pseudo labels -------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -39,7 +39,7 @@ from nnunet_cps4.method.prompts import load_dataset_prompts
 from nnunet_cps4.method.pseudo_labels import PseudoLabelRule
 from nnunet_cps4.method.spine_order import LevelOrder, order_levels
 from nnunet_cps4.nnunet.checkpoints import ExtraCheckpointStateMixin
-from nnunet_cps4.nnunet.teacher_label_cache import as_batch, decode_labels, read_manifest, write_teacher_labels
+from nnunet_cps4.nnunet.teacher_label_cache import decode_labels, read_manifest, write_teacher_labels
 from nnunet_cps4.nnunet.trainers.common import (FoldGuardMixin, backward_and_step, log_epoch_means,
                                                 register_log_keys, unwrap)
 from nnunet_cps4.nnunet.trainers.spine_mirroring import SpineMirroringMixin
@@ -248,18 +248,23 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
         if self.is_teacher_label_epoch(self.current_epoch):
             self.make_teacher_labels()
 
+    @property
+    def slices_as_batch(self) -> bool:
+        """A 2d configuration: a whole case's slices form the batch the pseudo-label rule sees."""
+        return len(self.configuration_manager.patch_size) == 2
+
     def make_teacher_labels(self) -> None:
         """The teacher labels every unlabeled case whole into the fold folder's teacher_labels/, then the
         unlabeled loader is rebuilt to carry them."""
-        if self.dataloader_unlabeled is not None and hasattr(self.dataloader_unlabeled, "_finish"):
-            self.dataloader_unlabeled._finish()
+        self.close_unlabeled_loader()
         folder = os.path.join(self.output_folder, "teacher_labels")
         if self.local_rank == 0:
             predictor = sliding_window_predictor(self.teacher, self.plans_manager, self.configuration_manager,
                                                  self.dataset_json, self.device, self.__class__.__name__)
-            write_teacher_labels(self.dataset_class(self.unlabeled_folder), predictor, self.whole_case_pseudo_labels,
-                                 folder, self.pseudo_ignore_label, len(self.configuration_manager.patch_size) == 2,
-                                 self.current_epoch, log=self.print_to_log_file)
+            cases = self.dataset_class(self.unlabeled_folder,
+                                       folder_with_segs_from_previous_stage=self.whole_case_maps_folder())
+            write_teacher_labels(cases, predictor, self.whole_case_pseudo_labels, folder, self.pseudo_ignore_label,
+                                 self.slices_as_batch, self.current_epoch, log=self.print_to_log_file)
         if self.is_ddp:
             dist.barrier()
         self.teacher_labels_folder = folder
@@ -269,15 +274,13 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
         next(self.dataloader_unlabeled)
 
     @torch.no_grad()
-    def whole_case_pseudo_labels(self, case: str, data: torch.Tensor, logits: torch.Tensor
+    def whole_case_pseudo_labels(self, data: torch.Tensor, logits: torch.Tensor, maps: Optional[torch.Tensor]
                                  ) -> Tuple[torch.Tensor, float, Dict[str, float]]:
         """(pseudo labels (B, 1, *S), their loss weight, the rule's statistics) of one whole case in the batch
-        layout: the same rule as on a batch (`make_pseudo_labels`), with `whole_case_maps` as the batch's target."""
-        maps = self.whole_case_maps(case)
-        target = None if maps is None else \
-            as_batch(torch.from_numpy(maps.astype(np.int64))[None], len(self.configuration_manager.patch_size) == 2)
+        layout: the same rule as on a batch (`make_pseudo_labels`), the case's `whole_case_maps_folder` map as the
+        batch's target."""
         targets, stats = self.make_pseudo_labels(data.to(self.device), logits.to(self.device),
-                                                 None if target is None else target.to(self.device))
+                                                 None if maps is None else maps.to(self.device))
         used = [(w, labels) for w, labels in targets.values() if w != 0]
         if len(used) != 1:
             raise CPS4Error(f"{self.__class__.__name__} stores one pseudo label per case "
@@ -285,14 +288,17 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
                             f"give every target but one weight 0 (CPS4: text_loss_weight = 0)")
         return used[0][1], float(used[0][0]), stats
 
-    def whole_case_maps(self, case: str) -> Optional[np.ndarray]:
+    def whole_case_maps_folder(self) -> Optional[str]:
         """Per-case maps the pseudo-label rule reads for a whole case (CPS4: the stored VLM votes); none here."""
         return None
 
-    def on_train_end(self):
-        super().on_train_end()
+    def close_unlabeled_loader(self) -> None:
         if self.dataloader_unlabeled is not None and hasattr(self.dataloader_unlabeled, "_finish"):
             self.dataloader_unlabeled._finish()
+
+    def on_train_end(self):
+        super().on_train_end()
+        self.close_unlabeled_loader()
 
     def start_unlabeled_phase(self) -> None:
         """Jump to the first epoch whose steps use the unlabeled batch (as if resumed there): for measuring what a
