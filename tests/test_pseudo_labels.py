@@ -6,6 +6,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
 from nnunet_cps4.errors import CPS4Error
+from nnunet_cps4.method.pseudo_labels import PseudoLabelRule
 
 from nnunet_cps4.experiments.variants import (nnUNetTrainerCPS4_paper, nnUNetTrainerMeanTeacher_hardDiceCE,
                                               nnUNetTrainerMeanTeacher_noWarmup,
@@ -70,6 +71,26 @@ def test_mean_teacher_leaves_unconfident_pixels_unsupervised(planned_toy, monkey
     hard = _trainer(nnUNetTrainerMeanTeacher_hardDiceCE, planned_toy, monkeypatch, tmp_path)
     targets, _ = hard.make_pseudo_labels(None, _logits(labels, confidence))
     assert targets["teacher"][1][0, 0].tolist() == [[1, 2], [0, 1]]
+
+
+def test_level_veto_removes_only_the_pixels_where_teacher_and_vlm_name_different_levels():
+    # 1 x 6 pixels: [agree on 1 | teacher 1, VLM 2 | teacher background, VLM 2 | teacher 2, VLM silent |
+    #                teacher 1 unsure, VLM 1 | teacher 2, VLM 1 weakly]
+    teacher = torch.softmax(_logits(torch.tensor([[1, 1, 0, 2, 1, 2]]),
+                                    torch.tensor([[0.98, 0.97, 0.99, 0.95, 0.6, 0.96]])), 1)
+    y_text = torch.tensor([[[1, 2, 2, 0, 1, 1]]])
+    vote = torch.zeros(1, 3, 1, 6)  # the vote is not used by the veto: only which level fired
+    ignore = 9
+    rule = PseudoLabelRule(combination="level_veto")
+    confidence, labels = rule.refine_with_vote(teacher, vote, y_text)
+    assert labels[0, 0, 0].tolist() == [1, 1, 0, 2, 1, 2]  # the VLM never relabels
+    # vetoed: the two level confusions; the confident background and silent pixels stand; the unsure one is cut
+    assert rule.confident(labels, confidence, ignore)[0, 0, 0].tolist() == [1, ignore, 0, 2, ignore, ignore]
+    # a vetoed pixel stays out with the confidence cut switched off; the rest is the teacher's label
+    off = rule.with_settings(confidence_threshold=0.0)
+    assert off.confident(labels, confidence, ignore)[0, 0, 0].tolist() == [1, ignore, 0, 2, 1, ignore]
+    with pytest.raises(ValueError, match="combination must be one of"):
+        PseudoLabelRule(combination="vetoo")
 
 
 def test_cps4_supervises_where_teacher_and_vlm_agree(planned_toy, monkeypatch, tmp_path):

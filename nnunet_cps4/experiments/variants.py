@@ -140,6 +140,10 @@ VARIANTS: Dict[str, Variant] = {
     "nnUNetTrainerCPS4_wholeCase": Variant(
         "nnUNetTrainerCPS4", {"whole_case_teacher_labels": True},
         "CPS4 with whole-case teacher labels, refined by the VLM's whole-case votes"),
+    "nnUNetTrainerCPS4_levelVeto": Variant(
+        "nnUNetTrainerCPS4", {"pseudo_label_rule": {"combination": "level_veto"}},
+        "the teacher's labels (the mean teacher's rule) with one VLM veto: a pixel where the teacher says one level "
+        "and a VLM map fires another is left unsupervised; agreeing, background and silent pixels are untouched"),
 }
 
 

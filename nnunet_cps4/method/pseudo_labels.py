@@ -6,11 +6,15 @@ pseudo-label analysis and `nnUNetv2_cps4_predict_vlm` use the same rule and a ch
 1. binarise each per-class VLM probability map (Otsu per image and class, or a fixed threshold; a class whose
    peak is below `min_peak` fires nowhere) and fuse the binary maps into one label map y_text
    (`nnunet_cps4.method.fusion`);
-2. refine the teacher's prediction with the VLM's vote: argmax(softmax(teacher) + w * vote), the vote being the
-   fused class with its own probability (background: 1 - max_c p_c); with `silent_defers` the teacher alone
-   decides where no class map fires;
-3. confidence cut: pixels whose winning vote, normalised by 1 + w, is below `confidence_threshold` are left
-   unsupervised (the mean teacher applies the same cut to the teacher's own softmax).
+2. refine the teacher's prediction with the VLM (`combination`):
+   - "vote": argmax(softmax(teacher) + w * vote), the vote being the fused class with its own probability
+     (background: 1 - max_c p_c); with `silent_defers` the teacher alone decides where no class map fires;
+   - "level_veto": the teacher's label and confidence stand, except where the teacher says one foreground class
+     and a VLM map fires another one (a level confusion): there the pixel is left unsupervised. The VLM never
+     relabels a pixel, never removes background or agreeing pixels, and never adds one the teacher is unsure of;
+3. confidence cut: pixels whose winning vote, normalised by 1 + w ("vote"), or the teacher's own confidence
+   ("level_veto") is below `confidence_threshold` are left unsupervised (the mean teacher applies the same cut to
+   the teacher's own softmax); a vetoed pixel is left unsupervised even with the cut switched off.
 
 Everything is plain torch, batched, on the tensors' device, without autograd.
 """
@@ -20,6 +24,9 @@ from typing import Tuple
 import torch
 
 from nnunet_cps4.method.fusion import BINARIZE_METHODS, fuse_maps, labels_to_probabilities
+
+COMBINATIONS = ("vote", "level_veto")
+VETOED = -1.0  # the confidence `refine` gives a vetoed pixel: below every cut, also below a switched-off one
 
 # trainer attribute names under which checkpoints written before this object existed stored the rule
 _LEGACY_SETTINGS = {"binarize_method": "binarize_method", "fixed_threshold": "fixed_threshold",
@@ -37,10 +44,13 @@ class PseudoLabelRule:
     silent_defers: bool = False          # where no class map fires, the teacher's label and confidence stand
     silent_text_ignored: bool = True     # in the y_text target, pixels where no map fires are unsupervised
     confidence_threshold: float = 0.9    # normalised vote below this: unsupervised (0 switches the cut off)
+    combination: str = "vote"            # how the VLM changes the teacher's label: "vote" | "level_veto" (above)
 
     def __post_init__(self):
         if self.binarize_method not in BINARIZE_METHODS:
             raise ValueError(f"binarize_method must be one of {BINARIZE_METHODS}, got {self.binarize_method!r}")
+        if self.combination not in COMBINATIONS:
+            raise ValueError(f"combination must be one of {COMBINATIONS}, got {self.combination!r}")
 
     # --- serialisation (checkpoints, logs) --------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -70,7 +80,8 @@ class PseudoLabelRule:
     @torch.no_grad()
     def refine(self, teacher_probs: torch.Tensor, probs: torch.Tensor, y_text: torch.Tensor
                ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(winning vote normalised to [0, 1], refined labels), both (B, 1, *S), before the confidence cut.
+        """(winning vote normalised to [0, 1], or VETOED, refined labels), both (B, 1, *S), before the confidence
+        cut.
 
         teacher_probs (B, C + 1, *S) softmax of the teacher; probs (B, C, *S) the VLM's per-class
         probabilities; y_text (B, *S) their fused map.
@@ -82,6 +93,11 @@ class PseudoLabelRule:
                          ) -> Tuple[torch.Tensor, torch.Tensor]:
         """`refine` from the VLM's vote (B, C + 1, *S) (`text_vote`, or a stored copy of it) instead of its
         probabilities."""
+        if self.combination == "level_veto":
+            confidence, labels = teacher_probs.max(1, keepdim=True)
+            fired = y_text.unsqueeze(1)
+            confusion = (labels > 0) & (fired > 0) & (fired != labels)
+            return torch.where(confusion, torch.full_like(confidence, VETOED), confidence), labels
         vote, labels = (teacher_probs + self.text_weight * vote).max(1, keepdim=True)
         vote = vote / (1 + self.text_weight)
         if self.silent_defers:
@@ -91,10 +107,10 @@ class PseudoLabelRule:
         return vote, labels
 
     def confident(self, labels: torch.Tensor, confidence: torch.Tensor, ignore_value: int) -> torch.Tensor:
-        """labels with every pixel whose confidence is below the threshold set to ignore_value (step 3)."""
-        if self.confidence_threshold <= 0:
-            return labels
-        return torch.where(confidence < self.confidence_threshold, torch.full_like(labels, ignore_value), labels)
+        """labels with every pixel whose confidence is below the threshold set to ignore_value (step 3); vetoed
+        pixels (`refine` with "level_veto") also when the cut is switched off."""
+        cut = self.confidence_threshold if self.confidence_threshold > 0 else VETOED + 1e-6
+        return torch.where(confidence < cut, torch.full_like(labels, ignore_value), labels)
 
     def text_target(self, y_text: torch.Tensor, ignore_value: int) -> torch.Tensor:
         """y_text as a target (B, 1, *S): silent pixels unsupervised unless `silent_text_ignored` is off."""
