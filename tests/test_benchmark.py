@@ -82,6 +82,22 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     completed = json.loads(cached.read_text())
     assert {"foreground_volume_ratio", "spine_order"} <= set(completed["pseudo_labels"])
     assert set(completed["every_level_placed"]["cases"]) == set(split["test"])
+    # --repeats: supervised nnU-Net trained once more on the same split, in a results folder of its own; the split's
+    # value is the mean of its two trainings and the report gives their spread
+    repeated = subprocess.run([os.path.join(BIN, "nnUNetv2_cps4_benchmark"), "--preset", "tiny", "--out", str(out),
+                               "--methods", "supervised", "--repeats", "2", "--no-cost", "--report", "repeated"],
+                              env=env, capture_output=True, text=True, timeout=300)
+    assert repeated.returncode == 0, repeated.stdout[-3000:] + repeated.stderr[-3000:]
+    assert repeated.stdout.count("training nnUNetTrainer") == 1  # repeat 0 is the run above
+    assert list((out / "nnUNet_results_repeat1" / only_run["dataset"]).glob("nnUNetTrainerSupervised_smoke__*"))
+    rep = json.loads((out / "repeated.json").read_text())
+    trainings = [json.loads((out / "predictions" / "supervised" / key / "metrics.json").read_text())["mean"]["Dice"]
+                 for key in ("fraction_0.5_seed_0", "fraction_0.5_seed_0_repeat1")]
+    entry = rep["summary"]["0.5"]["supervised"]
+    assert entry["seeds"] == 1 and entry["trainings"] == 2
+    assert abs(entry["mean_Dice"][0] - sum(trainings) / 2) < 1e-9
+    assert abs(entry["run_to_run_sd_Dice"] - abs(trainings[0] - trainings[1]) / 2 ** 0.5) < 1e-9
+    assert "run to run" in (out / "repeated.md").read_text()
     refused = subprocess.run([os.path.join(BIN, "nnUNetv2_cps4_benchmark"), "--preset", "tiny", "--out", str(out),
                               "--schedule", "5epochs"], env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "another protocol" in refused.stderr and "schedule" in refused.stderr
@@ -153,6 +169,33 @@ def test_summary_pairs_each_method_with_supervised_on_its_own_split():
     assert abs(summary["supervised"]["mean_Dice"][1] - 0.2) < 1e-9    # sample sd (ddof 1) of 0.2, 0.4, 0.6
     one_seed = summarize(runs[:1], ["supervised"], ["L4"])["0.05"]["supervised"]
     assert fmt_mean_sd(one_seed["mean_Dice"]) == "20.0"               # one seed: no '± 0.0' pretending a spread
+
+
+def test_repeated_trainings_are_averaged_within_their_split_before_the_spread_over_splits():
+    from nnunet_cps4.experiments.report import summarize
+
+    # two splits, each trained twice: the split is the unit of mean ± sd and of the pairing with supervised
+    runs = [{"fraction": 0.05, "seed": s, "repeat": r,
+             "methods": {"supervised": _fake_metrics(base + r * 0.02), "meanteacher": _fake_metrics(base + 0.1)}}
+            for s, base in enumerate((0.3, 0.5)) for r in range(2)]
+    summary = summarize(runs, ["supervised", "meanteacher"], ["L4"])["0.05"]
+    sup, mt = summary["supervised"], summary["meanteacher"]
+    assert sup["seeds"] == 2 and sup["trainings"] == 4
+    assert abs(sup["mean_Dice"][0] - 0.41) < 1e-9 and abs(sup["mean_Dice"][1] - 0.2 / 2 ** 0.5) < 1e-9
+    assert abs(sup["per_class_Dice"]["L4"][0] - 0.41) < 1e-9   # nested metrics averaged the same way
+    assert abs(sup["run_to_run_sd_Dice"] - 0.02 / 2 ** 0.5) < 1e-9 and mt["run_to_run_sd_Dice"] < 1e-9
+    diff_mean, diff_sd = mt["paired_Dice_vs_supervised"]
+    assert abs(diff_mean - 0.09) < 1e-9 and diff_sd < 1e-9
+
+
+def test_repeats_below_one_are_refused_with_the_fix():
+    import pytest
+
+    from nnunet_cps4.commands.benchmark import parse_args
+    from nnunet_cps4.errors import CPS4Error
+
+    with pytest.raises(CPS4Error, match="--repeats 0.*Fix: --repeats 1 or more"):
+        parse_args(["--preset", "tiny", "--repeats", "0"])
 
 
 def test_seed_record_keeps_every_seed_the_folder_has_run(tmp_path):

@@ -268,3 +268,25 @@ def test_whole_case_teacher_labels_are_made_on_schedule_and_travel_with_the_augm
     # logged: the rule's statistics of the stored whole-case labels, and the ignored share of this batch
     assert result["teacher_confidence"] == pytest.approx(manifest["stats"]["teacher_confidence"])
     assert manifest["weight"] == 1.0 and 0 <= result["pseudo_label_ignored"] < 1
+
+
+def test_rule_comparison_counts_what_each_rule_supervises_and_its_level_confusions():
+    from nnunet_cps4.experiments.pseudo_label_rules import IGNORE, _Counts, rule_targets
+
+    # 1 x 4 pixels, truth [1, 2, 0, 2]; the teacher says [1, 1, 0, 2] confidently; the VLM fires 2 on pixel 1 only
+    teacher = torch.softmax(_logits(torch.tensor([[1, 1, 0, 2]]), torch.tensor([[0.98, 0.97, 0.99, 0.5]])), 1)[0]
+    vlm = torch.full((2, 1, 4), 0.01)
+    vlm[1, 0, 1] = 0.99
+    vlm[0, 0, 0] = 0.3   # a little structure so Otsu has two classes in map 1, which stays below min_peak
+    targets = rule_targets(teacher, vlm)
+    assert targets["mean teacher"][0].tolist() == [1, 1, 0, IGNORE]     # the unsure pixel 3 is cut
+    assert targets["level_veto"][0].tolist() == [1, IGNORE, 0, IGNORE]  # the level confusion on pixel 1 is vetoed
+    ref = torch.tensor([[1, 2, 0, 2]])
+    counts = {}
+    for rule in ("mean teacher", "level_veto"):
+        counts[rule] = _Counts(2)
+        counts[rule].add(targets[rule], ref)
+    mean_teacher, veto = counts["mean teacher"].summary(), counts["level_veto"].summary()
+    assert mean_teacher["supervised_percent"] == 75.0 and mean_teacher["level_confusion_percent"] == 25.0
+    assert veto["supervised_percent"] == 50.0 and veto["wrong_percent"] == 0.0
+    assert mean_teacher["foreground_precision_percent"] == 50.0  # class 1: 1 of 2 right; class 2 never labelled

@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 
 from nnunet_cps4.commands.cli import run_cli
 from nnunet_cps4.data.phantom import field as phantom
+from nnunet_cps4.errors import CPS4Error
 from nnunet_cps4.experiments.benchmark import PRESETS, run_benchmark
 from nnunet_cps4.experiments.report import BASELINE
 from nnunet_cps4.experiments.variants import ALL_SCHEDULES, METHODS
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phantom-seed", type=int, default=0)
     p.add_argument("--phantom-field", choices=phantom.FIELDS,
                    help="phantom field of view (nnUNetv2_cps4_make_phantom --field; default: the preset's)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="trainings of every method per split (default 1). nnU-Net training is not deterministic: "
+                        "with N > 1 the report gives the run-to-run spread and averages each split's trainings")
     p.add_argument("--no-cost", action="store_true", help="skip the per-iteration cost measurement")
     p.add_argument("--report", default="results", help="name of the report files <out>/<report>.{json,md,png}; "
                                                       "several reports can share one benchmark folder")
@@ -51,6 +55,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
         args.phantom_size = preset["phantom_size"]
     if args.phantom_field is None:
         args.phantom_field = preset.get("phantom_field", phantom.DEFAULT_FIELD)
+    if args.repeats < 1:
+        raise CPS4Error(f"--repeats {args.repeats}: every method needs at least one training per split. Fix: "
+                        f"--repeats 1 or more")
     args.cost = preset["cost"] and not args.no_cost
     args.batch_size = args.batch_size or None
     if BASELINE not in args.methods:

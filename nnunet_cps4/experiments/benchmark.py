@@ -14,6 +14,9 @@ Protocol (the evaluation rules of docs/BENCHMARKS.md), for each labeled fraction
    only by the evaluation that follows (Dice, IoU, HD95 per class, `nnunet_cps4.experiments.evaluation`).
 5. results.json, results.md (mean ± sd over seeds, per class and mean, with the supervised baseline), results.png,
    seeds.json, splits/, protocol.json and, once per benchmark, the per-iteration cost (`nnunet_cps4.experiments.cost`).
+With --repeats N every method is trained N times per split (repeat r > 0 in nnUNet_results_repeat<r>/, predictions
+in <split>_repeat<r>/): nnU-Net training is not deterministic, and the report gives the run-to-run spread beside the
+spread over splits (each split's value is the mean of its trainings).
 A benchmark folder remembers its protocol (protocol.json) and refuses to be reused under another one; within one
 protocol a rerun skips what is done, so an interrupted benchmark continues where it stopped.
 All nnU-Net folders live inside the benchmark folder: the user's nnUNet_raw/preprocessed/results are not touched.
@@ -217,16 +220,28 @@ def split_dataset_id(raw_root: str, name: str) -> int:
     return taken.get(name, max(list(taken.values()) + [PHANTOM_ID]) + 1)
 
 
-def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, log: str) -> dict:
-    """Split, plan, train every method, predict and evaluate for one (fraction, seed)."""
+def repeat_env(out: str, env: dict, repeat: int) -> dict:
+    """The environment of the `repeat`-th training of every method (0: the benchmark's own): a results folder of
+    its own, so a repeat trains everything again (stage (i) included) on the same split and preprocessed data."""
+    if repeat == 0:
+        return env
+    results = os.path.join(out, f"nnUNet_results_repeat{repeat}")
+    os.makedirs(results, exist_ok=True)
+    return dict(env, nnUNet_results=results)
+
+
+def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, log: str, repeat: int = 0) -> dict:
+    """Split, plan, train every method, predict and evaluate for one (fraction, seed); `repeat` > 0 trains every
+    method once more on the same split (`repeat_env`)."""
     name = f"Bench_f{int(round(fraction * 1000)):04d}_s{seed}"
     dataset_id = split_dataset_id(env["nnUNet_raw"], name)
-    run_key = f"fraction_{fraction}_seed_{seed}"
+    split_key = f"fraction_{fraction}_seed_{seed}"
+    run_key = split_key + (f"_repeat{repeat}" if repeat else "")
     raw = os.path.join(env["nnUNet_raw"], f"Dataset{dataset_id:03d}_{name}")
     if not os.path.isfile(os.path.join(raw, "dataset.json")):
         split_labeled_dataset(source, dataset_id, fraction, seed=seed, name=name, overwrite=True)
     os.makedirs(os.path.join(out, "splits"), exist_ok=True)
-    shutil.copy(os.path.join(raw, SPLIT_FILE), os.path.join(out, "splits", f"{run_key}.json"))
+    shutil.copy(os.path.join(raw, SPLIT_FILE), os.path.join(out, "splits", f"{split_key}.json"))
     with open(os.path.join(raw, "dataset.json")) as f:
         dataset_json = json.load(f)
     preprocessed = os.path.join(env["nnUNet_preprocessed"], os.path.basename(raw))
@@ -239,18 +254,20 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
         _run([_script("nnUNetv2_cps4_preprocess_unlabeled"), "-d", str(dataset_id), "-c", args.configuration,
               "-p", plans_id], env, log)
 
+    env = repeat_env(out, env, repeat)  # (the split and its preprocessing above are shared by every repeat)
     labels = {k: v for k, v in dataset_json["labels"].items() if v != 0 and k != "ignore"}
     order = LevelOrder.from_prompts(load_dataset_prompts(dataset_json, os.path.basename(raw)))  # None: no order
-    run = {"dataset": os.path.basename(raw), "fraction": fraction, "seed": seed, "plans": plans_id,
+    run = {"dataset": os.path.basename(raw), "fraction": fraction, "seed": seed, "repeat": repeat, "plans": plans_id,
            "num_labeled": dataset_json["numTraining"], "methods": {}}
     for method in args.methods:
         if not has_unlabeled and method != BASELINE:
             continue  # 100 % labeled: nothing for a semi-supervised method to use
         method_dataset_id, method_raw = dataset_id, raw
         if method == OFFLINE_PSEUDO_LABELS:  # stock nnU-Net on labeled + pseudo-labeled cases, same schedule
+            tag = f"_r{repeat}" if repeat else ""  # the repeat's own supervised model labels its own copy
             method_dataset_id, method_raw = prepare_offline_pseudo_labelling(
                 raw, dataset_id, plans_id, args, env, lambda cmd: _run(cmd, env, log), _script,
-                split_dataset_id(env["nnUNet_raw"], name + OFFLINE_SUFFIX))
+                split_dataset_id(env["nnUNet_raw"], name + OFFLINE_SUFFIX + tag), tag)
         trainer = f"{METHODS[method]}_{args.schedule}"
         model = os.path.join(env["nnUNet_results"], os.path.basename(method_raw),
                              f"{trainer}__{plans_id}__{args.configuration}")
@@ -350,11 +367,11 @@ def run_benchmark(args) -> dict:
     with open(os.path.join(source, "dataset.json")) as f:
         class_names = [k for k, v in json.load(f)["labels"].items() if v != 0 and k != "ignore"]
 
-    runs = [run_one(out, args, env, source, fraction, seed, log) for fraction in args.fractions
-            for seed in args.seeds]
+    runs = [run_one(out, args, env, source, fraction, seed, log, repeat) for fraction in args.fractions
+            for seed in args.seeds for repeat in range(args.repeats)]
     summary = summarize(runs, args.methods, class_names)
-    results = {"protocol": protocol, "command": " ".join(["nnUNetv2_cps4_benchmark"] + args.argv), "runs": runs,
-               "summary": summary}
+    results = {"protocol": protocol, "command": " ".join(["nnUNetv2_cps4_benchmark"] + args.argv),
+               "repeats": args.repeats, "runs": runs, "summary": summary}
     text = markdown_table(summary, class_names, args)
     if args.cost:
         first = runs[0]

@@ -22,13 +22,15 @@ SUFFIX = "_offlinePL"
 
 def prepare_offline_pseudo_labelling(raw: str, dataset_id: int, plans_id: str, args, env: dict,
                                      run: Callable[[list], float], script: Callable[[str], str],
-                                     new_dataset_id: int) -> Tuple[int, str]:
+                                     new_dataset_id: int, tag: str = "") -> Tuple[int, str]:
     """(dataset id, folder) of the pseudo-labelled copy of the split dataset `raw`, made (and preprocessed) once.
 
-    `run` runs a console script (command list) with the benchmark's environment and log; `script` names one."""
+    `run` runs a console script (command list) with the benchmark's environment and log; `script` names one; `tag`
+    ends the copy's name (a repeated training's copy, labelled by that repeat's supervised model in env's
+    nnUNet_results)."""
     with open(os.path.join(raw, "dataset.json")) as f:
         dataset_json = json.load(f)
-    name = os.path.basename(raw).split("_", 1)[1] + SUFFIX
+    name = os.path.basename(raw).split("_", 1)[1] + SUFFIX + tag
     folder = os.path.join(env["nnUNet_raw"], f"Dataset{new_dataset_id:03d}_{name}")
     ending = dataset_json["file_ending"]
     n_channels = len(dataset_json["channel_names"])

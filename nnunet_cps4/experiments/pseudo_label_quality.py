@@ -14,7 +14,7 @@ components to background) and scored again: mean Dice, mean HD95 and the fractio
 placed (`levels_correctly_placed`), before and after ordering.
 """
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -32,6 +32,53 @@ from nnunet_cps4.nnunet.checkpoints import EXTRA_STATE_KEY, read_checkpoint, vlm
 from nnunet_cps4.nnunet.vlm_prediction import vlm_predictor, vlm_probabilities
 
 
+class TrainedSources(NamedTuple):
+    """What a trained checkpoint can say about an unlabeled case: its teacher (or network) and its VLM as
+    sliding-window predictors (None where it has none), its pseudo-label rule and the nnU-Net objects to read
+    cases with."""
+    teacher: Optional[object]
+    vlm: Optional[object]
+    rule: PseudoLabelRule
+    plans_manager: PlansManager
+    configuration_manager: object
+    dataset_json: dict
+
+
+def trained_sources(model_folder: str, fold, device: torch.device = torch.device("cpu"),
+                    checkpoint: str = "checkpoint_final.pth") -> TrainedSources:
+    """The teacher and VLM of a checkpoint: a CPS4 checkpoint has both, a mean-teacher one its teacher, a supervised
+    one its network (what a teacher would start from), a stage-(i) one its VLM."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # heavy: only when predicting
+
+    ckpt = read_checkpoint(os.path.join(model_folder, f"fold_{fold}", checkpoint))
+    state = ckpt.get(EXTRA_STATE_KEY) or {"teacher_weights": ckpt["network_weights"]}
+    metadata = vlm_metadata_of(ckpt)
+    if "teacher_weights" not in state and metadata is not None:  # stage (i): its network is the VLM
+        state = {"vlm_metadata": metadata, "vlm_weights": ckpt["network_weights"],
+                 "settings": {"pseudo_label_rule": metadata["pseudo_label_rule"]}}
+    plans_manager = PlansManager(os.path.join(model_folder, "plans.json"))
+    dataset_json = load_json(os.path.join(model_folder, "dataset.json"))
+    configuration_manager = plans_manager.get_configuration(ckpt["init_args"]["configuration"])
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    teacher_predictor = text_predictor = None
+    if "teacher_weights" in state:
+        teacher = trainer_class(ckpt["trainer_name"]).build_network_architecture(
+            plans_manager, configuration_manager, len(dataset_json["channel_names"]),
+            label_manager.num_segmentation_heads, False)
+        teacher.load_state_dict(state["teacher_weights"])
+        teacher_predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                            perform_everything_on_device=device.type == "cuda", device=device,
+                                            verbose=False, allow_tqdm=False)
+        teacher_predictor.manual_initialization(teacher.to(device).eval(), plans_manager, configuration_manager,
+                                                None, dataset_json, ckpt["trainer_name"], None)
+    if "vlm_metadata" in state:  # the VLM exactly as the trainer used it (weights from the checkpoint)
+        vlm = vlm_from_metadata(state["vlm_metadata"], state["vlm_weights"], configuration_manager)
+        text_predictor = vlm_predictor(vlm.to(device).eval(), plans_manager, configuration_manager, dataset_json,
+                                       device)
+    return TrainedSources(teacher_predictor, text_predictor, PseudoLabelRule.from_settings(state.get("settings", {})),
+                          plans_manager, configuration_manager, dataset_json)
+
+
 @torch.no_grad()
 def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], references: Dict[str, str],
                          device: torch.device = torch.device("cpu"), checkpoint: str = "checkpoint_final.pth"
@@ -45,39 +92,12 @@ def pseudo_label_quality(model_folder: str, fold, cases: Dict[str, List[str]], r
     cases: {case id: [raw image files]}; references: {case id: raw label file}. Scores are computed in the
     preprocessed space of the model's configuration (labels resampled like nnU-Net's training labels).
     """
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # heavy: only when predicting
-
-    fold_folder = os.path.join(model_folder, f"fold_{fold}")
-    ckpt = read_checkpoint(os.path.join(fold_folder, checkpoint))
-    state = ckpt.get(EXTRA_STATE_KEY) or {"teacher_weights": ckpt["network_weights"]}
-    metadata = vlm_metadata_of(ckpt)
-    if "teacher_weights" not in state and metadata is not None:  # stage (i): its network is the VLM
-        state = {"vlm_metadata": metadata, "vlm_weights": ckpt["network_weights"],
-                 "settings": {"pseudo_label_rule": metadata["pseudo_label_rule"]}}
-    # (a supervised checkpoint has no teacher: it is scored on its network, what a teacher would start from)
-    has_teacher = "teacher_weights" in state
-    trainer = trainer_class(ckpt["trainer_name"])
-    plans_manager = PlansManager(os.path.join(model_folder, "plans.json"))
-    dataset_json = load_json(os.path.join(model_folder, "dataset.json"))
-    configuration_name = ckpt["init_args"]["configuration"]
-    configuration_manager = plans_manager.get_configuration(configuration_name)
+    trained = trained_sources(model_folder, fold, device, checkpoint)
+    teacher_predictor, text_predictor, rule = trained.teacher, trained.vlm, trained.rule
+    plans_manager, configuration_manager = trained.plans_manager, trained.configuration_manager
+    dataset_json = trained.dataset_json
     label_manager = plans_manager.get_label_manager(dataset_json)
-    has_vlm = "vlm_metadata" in state  # a mean-teacher (or supervised) checkpoint: its teacher alone
-    if has_teacher:
-        teacher = trainer.build_network_architecture(plans_manager, configuration_manager,
-                                                     len(dataset_json["channel_names"]),
-                                                     label_manager.num_segmentation_heads, False)
-        teacher.load_state_dict(state["teacher_weights"])
-        teacher_predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                            perform_everything_on_device=device.type == "cuda", device=device,
-                                            verbose=False, allow_tqdm=False)
-        teacher_predictor.manual_initialization(teacher.to(device).eval(), plans_manager, configuration_manager,
-                                                None, dataset_json, ckpt["trainer_name"], None)
-    if has_vlm:  # the VLM exactly as the trainer used it (weights from the CPS4 checkpoint)
-        vlm = vlm_from_metadata(state["vlm_metadata"], state["vlm_weights"], configuration_manager)
-        text_predictor = vlm_predictor(vlm.to(device).eval(), plans_manager, configuration_manager, dataset_json,
-                                       device)
-    rule = PseudoLabelRule.from_settings(state.get("settings", {}))
+    has_teacher, has_vlm = teacher_predictor is not None, text_predictor is not None
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
     order = LevelOrder.from_prompts(load_dataset_prompts(dataset_json, plans_manager.dataset_name))
     ordering = _OrderingScores(order) if order is not None else None

@@ -26,8 +26,46 @@ def paired_vs_baseline(runs: List[dict], fraction: float, method: str) -> List[f
             if r["fraction"] == fraction and method in r["methods"] and BASELINE in r["methods"]]
 
 
+def average_metrics(values: List):
+    """The mean of several trainings' metrics (nested dicts of numbers, as `evaluate_folder` writes them): numbers
+    averaged (NaNs ignored), dicts merged key by key, anything else (case lists, trainer names) from the first."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: average_metrics([v[k] for v in values if isinstance(v, dict) and k in v]) for k in first}
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        finite = [float(v) for v in values if isinstance(v, (int, float)) and np.isfinite(v)]
+        return float(np.mean(finite)) if finite else float("nan")
+    return first
+
+
+def merge_repeats(runs: List[dict]) -> List[dict]:
+    """One run per (fraction, seed): where a method was trained more than once on the same split (the benchmark's
+    --repeats), its metrics averaged over the trainings, with their mean Dice kept as `repeat_Dice`. The split is
+    the unit of the mean ± sd and of the pairing with supervised nnU-Net; the repeats only make each split's value
+    less noisy and measure the run-to-run spread."""
+    merged = {}
+    for run in runs:
+        key = (run["fraction"], run["seed"])
+        target = merged.setdefault(key, {**{k: v for k, v in run.items() if k not in ("methods", "repeat")},
+                                         "methods": {}})
+        for method, metrics in run["methods"].items():
+            target["methods"].setdefault(method, []).append(metrics)
+    for run in merged.values():
+        run["methods"] = {m: {**average_metrics(trainings), "repeat_Dice": [t["mean"]["Dice"] for t in trainings]}
+                          for m, trainings in run["methods"].items()}
+    return list(merged.values())
+
+
+def run_to_run_sd(per_seed: List[dict]) -> float:
+    """Pooled sd of mean Dice between repeated trainings on the same split (NaN without repeats)."""
+    variances = [np.var(m["repeat_Dice"], ddof=1) for m in per_seed if len(m.get("repeat_Dice", [])) > 1]
+    return float(np.sqrt(np.mean(variances))) if variances else float("nan")
+
+
 def summarize(runs: List[dict], methods: List[str], class_names: List[str]) -> dict:
-    """mean ± sd over seeds of the mean and per-class Dice (and mean IoU/HD95), per fraction and method."""
+    """mean ± sd over seeds of the mean and per-class Dice (and mean IoU/HD95), per fraction and method; repeated
+    trainings on one split are averaged first (`merge_repeats`)."""
+    runs = merge_repeats(runs)
     summary = {}
     for fraction in sorted({r["fraction"] for r in runs}):
         summary[str(fraction)] = {}
@@ -35,7 +73,8 @@ def summarize(runs: List[dict], methods: List[str], class_names: List[str]) -> d
             per_seed = [r["methods"][method] for r in runs if r["fraction"] == fraction and method in r["methods"]]
             if not per_seed:
                 continue
-            entry = {"seeds": len(per_seed),
+            entry = {"seeds": len(per_seed), "trainings": sum(len(m["repeat_Dice"]) for m in per_seed),
+                     "run_to_run_sd_Dice": run_to_run_sd(per_seed),
                      "paired_Dice_vs_supervised": mean_sd(paired_vs_baseline(runs, fraction, method))}
             for metric in ("Dice", "IoU", "HD95"):
                 entry[f"mean_{metric}"] = mean_sd([m["mean"][metric] for m in per_seed])
@@ -71,11 +110,15 @@ def fmt_mean_sd(v: List[float], scale: float = 100.0, digits: int = 1, sign: boo
 
 def markdown_table(summary: dict, class_names: List[str], args) -> str:
     pm = fmt_mean_sd
+    repeats = getattr(args, "repeats", 1)
     lines = [f"Schedule `{args.schedule}`, configuration {args.configuration}, batch size {args.batch_size}, fold "
              f"{args.fold}, final checkpoints; Dice in %, mean ± sample sd over seeds {args.seeds} (no sd for one "
              f"seed). 'vs supervised': the method's mean Dice minus supervised nnU-Net's on the same split, "
              f"mean ± sd of these paired differences.", ""]
-    if len(args.seeds) < 3:
+    if repeats > 1:
+        lines += [f"Each method trained {repeats} times per split: a split's value is the mean of its trainings; "
+                  f"'run to run' is the pooled sd of mean Dice between trainings on the same split.", ""]
+    if len(args.seeds) < 3 and repeats < 2:
         lines += [f"**How far this can be trusted:** {len(args.seeds)} split seed(s) and one training run per "
                   f"method, schedule `{args.schedule}`. nnU-Net training is not deterministic: two identical runs "
                   f"can differ by several Dice points, so a single run decides nothing; compare methods over "
@@ -83,13 +126,16 @@ def markdown_table(summary: dict, class_names: List[str], args) -> str:
     for fraction, methods in summary.items():
         lines += [f"### {float(fraction) * 100:g} % labeled", "",
                   "| method | mean Dice | vs supervised (paired) | mean IoU | mean HD95 (mm) | foreground volume "
-                  "pred/true (median) | test cases with every level placed (%) | seeds |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "pred/true (median) | test cases with every level placed (%) | seeds |"
+                  + (" run to run (sd) | trainings |" if repeats > 1 else ""),
+                  "|---|---|---|---|---|---|---|---|" + ("---|---|" if repeats > 1 else "")]
         for method, e in methods.items():
             lines.append(f"| {method} | {pm(e['mean_Dice'])} | {pm(e['paired_Dice_vs_supervised'], sign=True)} | "
                          f"{pm(e['mean_IoU'])} | {pm(e['mean_HD95'], scale=1.0)} | "
                          f"{pm(e['foreground_volume_ratio'], scale=1.0, digits=2)} | "
-                         f"{pm(e['every_level_placed'], digits=0)} | {e['seeds']} |")
+                         f"{pm(e['every_level_placed'], digits=0)} | {e['seeds']} |"
+                         + (f" {pm([e['run_to_run_sd_Dice'], float('nan')])} | {e['trainings']} |" if repeats > 1
+                            else ""))
         quality = {m: e["pseudo_label_mean_Dice"] for m, e in methods.items() if "pseudo_label_mean_Dice" in e}
         if quality:
             lines += ["", "Pseudo labels on unlabeled training cases (mean Dice vs their true labels of the final "
