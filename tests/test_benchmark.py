@@ -57,6 +57,12 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     for entry in summary.values():
         assert 0.0 <= entry["every_level_placed"][0] <= 1.0
     assert "test cases with every level placed (%)" in md
+    # ... and post-processed by nnUNetv2_cps4_order_levels: what spine ordering adds to each method
+    for entry in summary.values():
+        assert 0.0 <= entry["after_ordering"]["mean_Dice"][0] <= 1.0
+        assert 0.0 <= entry["after_ordering"]["every_level_placed"][0] <= 1.0
+    assert len(os.listdir(out / "predictions_ordered" / "cps4" / "fraction_0.5_seed_0")) == 2  # the test cases
+    assert "Spine ordering as post-processing" in md
 
     # offline pseudo-labelling: stock nnU-Net retrained on the labeled cases plus the supervised model's
     # predictions of the unlabeled ones, with the split's own plans and the same schedule
@@ -74,7 +80,7 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     cached = out / "predictions" / "cps4" / "fraction_0.5_seed_0" / "metrics.json"
     old = json.loads(cached.read_text())
     del old["pseudo_labels"]["foreground_volume_ratio"], old["pseudo_labels"]["spine_order"]
-    del old["every_level_placed"]
+    del old["every_level_placed"], old["after_ordering"]
     cached.write_text(json.dumps(old))
     again = subprocess.run([os.path.join(BIN, "nnUNetv2_cps4_benchmark"), "--preset", "tiny", "--out", str(out),
                             "--no-cost", "--report", "again"], env=env, capture_output=True, text=True, timeout=300)
@@ -82,6 +88,7 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     completed = json.loads(cached.read_text())
     assert {"foreground_volume_ratio", "spine_order"} <= set(completed["pseudo_labels"])
     assert set(completed["every_level_placed"]["cases"]) == set(split["test"])
+    assert 0.0 <= completed["after_ordering"]["mean"]["Dice"] <= 1.0
     # --repeats: supervised nnU-Net trained once more on the same split, in a results folder of its own; the split's
     # value is the mean of its two trainings and the report gives their spread
     repeated = subprocess.run([os.path.join(BIN, "nnUNetv2_cps4_benchmark"), "--preset", "tiny", "--out", str(out),

@@ -12,7 +12,9 @@ Protocol (the evaluation rules of docs/BENCHMARKS.md), for each labeled fraction
    selected on validation: the final checkpoint is used).
 4. Each model predicts imagesTs with the stock `nnUNetv2_predict` from checkpoint_final; the test labels are read
    only by the evaluation that follows (Dice, IoU, HD95 per class, `nnunet_cps4.experiments.evaluation`).
-5. results.json, results.md (mean ± sd over seeds, per class and mean, with the supervised baseline), results.png,
+5. With a spine order in the dataset's prompts, every method's test predictions are also post-processed by
+   `nnUNetv2_cps4_order_levels` (into predictions_ordered/) and evaluated again: what ordering adds to each method.
+6. results.json, results.md (mean ± sd over seeds, per class and mean, with the supervised baseline), results.png,
    seeds.json, splits/, protocol.json and, once per benchmark, the per-iteration cost (`nnunet_cps4.experiments.cost`).
 With --repeats N every method is trained N times per split (repeat r > 0 in nnUNet_results_repeat<r>/, predictions
 in <split>_repeat<r>/): nnU-Net training is not deterministic, and the report gives the run-to-run spread beside the
@@ -28,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -273,10 +275,19 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
                              f"{trainer}__{plans_id}__{args.configuration}")
         pred = os.path.join(out, "predictions", method, run_key)
         metrics_file = os.path.join(pred, "metrics.json")
+
+        def after_ordering() -> dict:  # the method's test predictions post-processed by nnUNetv2_cps4_order_levels
+            ordered = os.path.join(out, "predictions_ordered", method, run_key)
+            _run([_script("nnUNetv2_cps4_order_levels"), "-i", pred, "-o", ordered, "-d", str(dataset_id)], env, log)
+            result = evaluate_folder(ordered, os.path.join(source, "labelsTs"), labels, dataset_json["file_ending"],
+                                     order)
+            return {"mean": {k: result["mean"][k] for k in ("Dice", "HD95")},
+                    "every_level_placed": result["every_level_placed"]["fraction"]}
+
         if os.path.isfile(metrics_file):
             with open(metrics_file) as f:
                 metrics = json.load(f)
-            if _complete_older_metrics(metrics, pred, raw, source, dataset_json, model, args, order):
+            if _complete_older_metrics(metrics, pred, raw, source, dataset_json, model, args, order, after_ordering):
                 with open(metrics_file, "w") as f:
                     json.dump(metrics, f, indent=1)
             run["methods"][method] = metrics
@@ -303,6 +314,8 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
         metrics = evaluate_folder(pred, os.path.join(source, "labelsTs"), labels, dataset_json["file_ending"],
                                   order)
         metrics.update({"trainer": trainer, "train_seconds": train_seconds})
+        if order is not None:
+            metrics["after_ordering"] = after_ordering()
         quality = _pseudo_labels(raw, source, dataset_json, model, args)
         if quality:
             metrics["pseudo_labels"] = quality
@@ -314,10 +327,14 @@ def run_one(out: str, args, env: dict, source: str, fraction: float, seed: int, 
 
 
 def _complete_older_metrics(metrics: dict, pred: str, raw: str, source: str, dataset_json: dict, model: str,
-                            args, order: Optional[LevelOrder]) -> bool:
-    """Add what metrics written by older versions lack (the test foreground volume ratio and cases with every
-    level placed; the pseudo labels' volume ratio and spine-order scores); True if anything was added."""
+                            args, order: Optional[LevelOrder], after_ordering: Callable[[], dict]) -> bool:
+    """Add what metrics written by older versions lack (the test foreground volume ratio, cases with every level
+    placed and the scores after spine ordering; the pseudo labels' volume ratio and spine-order scores); True if
+    anything was added."""
     added = False
+    if order is not None and "after_ordering" not in metrics:
+        metrics["after_ordering"] = after_ordering()
+        added = True
     if order is not None and "every_level_placed" not in metrics:
         metrics["every_level_placed"] = every_level_placed(pred, os.path.join(source, "labelsTs"),
                                                            sorted(metrics["cases"]), order, dataset_json["file_ending"])
