@@ -26,7 +26,7 @@ import torch
 from nnunet_cps4.method.fusion import BINARIZE_METHODS, fuse_maps, labels_to_probabilities
 
 COMBINATIONS = ("vote", "level_veto")
-VETOED = -1.0  # the confidence `refine` gives a vetoed pixel: below every cut, also below a switched-off one
+VETOED = -1.0  # the confidence `refine` gives a vetoed pixel: `confident` drops it, also with the cut switched off
 
 # trainer attribute names under which checkpoints written before this object existed stored the rule
 _LEGACY_SETTINGS = {"binarize_method": "binarize_method", "fixed_threshold": "fixed_threshold",
@@ -109,8 +109,10 @@ class PseudoLabelRule:
     def confident(self, labels: torch.Tensor, confidence: torch.Tensor, ignore_value: int) -> torch.Tensor:
         """labels with every pixel whose confidence is below the threshold set to ignore_value (step 3); vetoed
         pixels (`refine` with "level_veto") also when the cut is switched off."""
-        cut = self.confidence_threshold if self.confidence_threshold > 0 else VETOED + 1e-6
-        return torch.where(confidence < cut, torch.full_like(labels, ignore_value), labels)
+        drop = confidence <= VETOED
+        if self.confidence_threshold > 0:
+            drop = drop | (confidence < self.confidence_threshold)
+        return torch.where(drop, torch.full_like(labels, ignore_value), labels)
 
     def text_target(self, y_text: torch.Tensor, ignore_value: int) -> torch.Tensor:
         """y_text as a target (B, 1, *S): silent pixels unsupervised unless `silent_text_ignored` is off."""
