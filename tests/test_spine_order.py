@@ -126,6 +126,33 @@ def test_vertebra_split_left_right_in_3d_counts_once():
     assert report["structures"] == 13 and report["placed"] == 13
 
 
+def test_right_labels_with_an_extra_piece_keep_their_levels():
+    """Correct labels, but L3 is split by a disc-labelled sliver into two pieces that do not group into one
+    structure: counting from the sacrum would move every level above L3 up by one. The alignment keeps the
+    model's labels where they are in order; the upper L3 piece stays L3."""
+    names = TRUE + [None, None]
+    wrong = spine_map(names)
+    rows = slot_rows(SEQUENCE.index("L3"), len(names))
+    wrong[rows.start + 3, 4:16] = L["L2/L3"]  # a one-row stripe of disc label through the vertebra
+    out, report = order_levels(wrong, ORDER, ignore_value=255)
+    keep = np.ones(wrong.shape, bool)
+    keep[rows.start + 3] = False
+    np.testing.assert_array_equal(out[keep], wrong[keep])
+    assert not set(np.unique(out[rows.start + 3]).tolist()) - {0, L["L3"], L["L2/L3"], 255}
+
+
+def test_a_wrongly_labelled_blob_beside_a_disc_shifts_nothing():
+    """A blob of vertebra size labelled L2 beside the L4/L5 disc (in the disc's rows) is not counted as a level:
+    only the blob is relabelled or left out."""
+    names = TRUE + [None, None]
+    wrong = spine_map(names, width=30)
+    rows = slot_rows(SEQUENCE.index("L4/L5"), len(names))
+    wrong[rows, 17:27] = L["L2"]
+    out, report = order_levels(wrong, ORDER, ignore_value=255)
+    np.testing.assert_array_equal(out[:, :17], wrong[:, :17])
+    assert set(np.unique(out[rows, 17:27]).tolist()) <= {L["L5"], L["L4"], 255}
+
+
 def test_nothing_to_order_is_returned_unchanged():
     for m in (np.zeros((30, 20), np.uint8), np.full((4, 30, 20), 0, np.int16)):
         out, report = order_levels(m, ORDER, ignore_value=255 if m.dtype == np.uint8 else -1)

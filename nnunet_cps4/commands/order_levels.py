@@ -1,12 +1,12 @@
 """`nnUNetv2_cps4_order_levels`: relabel the vertebrae and discs of nnU-Net predictions by their order along the
-spine, counted from the anchor class (nnunet_cps4.method.spine_order).
+spine, from the anchor class, keeping the labels that are already in order (nnunet_cps4.method.spine_order).
 
 Post-processing for any prediction folder: every label file <case><file_ending> of -i (file ending from the raw
 dataset.json) is ordered in its own dimension (3D volumes in 3D) with the spine order of the dataset's prompt file,
 found as the trainers find it (nnUNet_cps4_prompts, else dataset.json "cps4": {"prompt_file": ...}), or of -p. The
 result goes to -o with the input's geometry (SimpleITK CopyInformation). Components that cannot be placed
 consistently (beyond the end of the order, fragments that do not fit, isolated blobs, specks) are written as
-background. When nnU-Net saved probabilities (<case>.npz, --save_probabilities) they anchor the count in cases
+background. When nnU-Net saved probabilities (<case>.npz, --save_probabilities) they anchor the order in cases
 without the anchor class. -i is only read; -o must be another folder.
 """
 import argparse
@@ -70,7 +70,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         prog="nnUNetv2_cps4_order_levels",
         description="Relabel the vertebrae and discs of a folder of nnU-Net predictions by their order along the "
-                    "spine, counted from the anchor class of the dataset's spine order (prompt file key "
+                    "spine, from the anchor class of the dataset's spine order (prompt file key "
                     "\"spine_order\"). Components that cannot be placed consistently are written as background. "
                     "The input folder is never modified.")
     parser.add_argument("-i", required=True, help="folder of predictions (<case><file_ending>), only read")

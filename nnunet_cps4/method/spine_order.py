@@ -23,16 +23,24 @@ re-assigns the level names of a `LevelOrder` (distances in `spacing` units):
    are one structure: a level split in pieces counts once, whatever its pieces' labels. A structure whose surface
    is more than `ISOLATION_STEPS` steps from all others (a false positive outside the spine) is not placed, and the
    axis is measured again without it.
-4. Counting. Structures above `FRAGMENT_FRACTION` of the typical size form a chain along the axis. From one to
-   the next, the position advances by 1 (other kind) or 2 (same kind) plus 2 for each missing disc-vertebra pair
-   that fills the surface gap between them best (typical heights), so a missing level leaves its positions empty
-   instead of shifting the levels above it. Fragments (smaller structures) are then placed outwards, nearest first:
-   at the position their gap to a placed neighbour gives, if that fits within `FIT_TOLERANCE` of the thinner
-   height and the position is free; otherwise not at all (e.g. bone beside a disc).
-5. Anchor. Positions become levels through one structure: the largest whose majority label is the order's anchor
+4. Alignment. Structures above `FRAGMENT_FRACTION` of the typical size form a chain along the axis; each gets a
+   level of its kind, or none, by dynamic programming. From one placed structure to the next the level advances
+   by what the surface gap between them allows: 1 (other kind) or 2 (same kind) plus 2 for each missing
+   disc-vertebra pair that fills the gap (typical heights; two counts when both fit about equally well), so a
+   missing level leaves its positions empty; or it stays, for two structures of one kind whose centroids are
+   less than its typical height apart (pieces of one level). Up to `MAX_SKIPPED` structures in a row may be left
+   out between two placed ones. Of these assignments the one that changes the fewest voxels wins (a voxel costs 1
+   when its structure gets a level other than its label, `SKIP_COST` when its structure is left out): the model's
+   labels stay wherever they are in an order the geometry allows, and a structure that breaks the order (a level
+   split in pieces, a wrongly labelled blob) is relabelled or left out instead of moving every level above it.
+   Fragments (smaller structures) are then placed outwards, nearest first: with the level of a placed structure of
+   their kind whose centroid is less than a typical height away, else at the position their gap to a placed
+   neighbour gives, if that fits within `FIT_TOLERANCE` of the thinner height and the position is free; otherwise
+   not at all (e.g. bone beside a disc).
+5. Anchor. One structure keeps its label whatever the cost: the largest whose majority label is the order's anchor
    (the sacrum; neighbouring anchor-labelled structures are one); else, with `probabilities`, the structure with
-   the highest mean probability of its majority class; else the offset most structures' majority labels vote for
-   (ties: larger total size), at the largest structure agreeing with it.
+   the highest mean probability of its majority class; else none, and the labels of the whole chain decide (the
+   offset most voxels agree with).
 6. Output. Each placed structure gets the label of its level, all its voxels, so every level appears at most once,
    in order, discs between vertebrae. Structures beyond either end of the order, unplaced fragments, isolated
    structures and specks are set to `ignore_value` (left as they are when it is None). Labels outside the order are
@@ -52,6 +60,8 @@ FRAGMENT_FRACTION = 0.35  # of the typical size of the kind: smaller structures 
 FIT_TOLERANCE = 0.5  # of the thinner kind's height: how far a fragment's gap may be off and still fit
 ISOLATION_STEPS = 3.0  # steps: a structure whose surface is this far from all others is not part of the spine
 DISC_TO_VERTEBRA = 0.4  # typical disc height / vertebral body height, used only when one kind is absent
+MAX_SKIPPED = 3  # structures in a row the alignment may leave out between two placed ones
+SKIP_COST = 1.001  # per voxel of a structure left out (relabelling a voxel costs 1): placing wins a tie
 MAX_PIECES_PER_LEVEL = 4  # a map with more non-speck components than this times the levels: only the largest count
 VERTEBRA, DISC = 0, 1
 
@@ -257,32 +267,87 @@ class _Space:
         return not others.any() or float(distance[others].min()) - float(self.spacing.min()) > limit
 
 
-def _advance(gap: float, kind_a: int, kind_b: int, height: Dict[int, float]) -> Tuple[int, float]:
-    """(positions, misfit) from a structure of kind_a to the next one present, of kind_b, across a surface gap:
-    the advance whose missing structures (kinds alternating, typical heights) fill the gap best."""
-    best, n = None, 1 if kind_a != kind_b else 2
+def _fits(gap: float, kind_a: int, kind_b: int, height: Dict[int, float]) -> List[Tuple[int, float]]:
+    """(positions, misfit) from a structure of kind_a to the next one present, of kind_b, across a surface gap, for
+    every advance whose missing structures (kinds alternating, typical heights) fill the gap about as well as the
+    best one (within FIT_TOLERANCE of the thinner height); best first."""
+    fits, n = [], 1 if kind_a != kind_b else 2
     while n < 100:
         missing = sum(height[kind_a if i % 2 == 0 else 1 - kind_a] for i in range(1, n))
-        if best is not None and not abs(gap - missing) < best[1]:
+        fits.append((n, abs(gap - missing)))
+        if missing > gap:
             break
-        best, n = (n, abs(gap - missing)), n + 2
-    return best
+        n += 2
+    best = min(misfit for _, misfit in fits)
+    return sorted((f for f in fits if f[1] <= best + FIT_TOLERANCE * min(height.values())), key=lambda f: f[1])
 
 
-def _anchor(chain: List[_Structure], pos: Dict[_Structure, int], order: LevelOrder,
-            probabilities: Optional[np.ndarray]) -> Tuple[_Structure, str]:
-    """Step 5: the structure that fixes the count, and the rule that chose it."""
+def _advance(gap: float, kind_a: int, kind_b: int, height: Dict[int, float]) -> Tuple[int, float]:
+    """(positions, misfit) of the advance that fills the gap best."""
+    return _fits(gap, kind_a, kind_b, height)[0]
+
+
+def _anchor(chain: List[_Structure], order: LevelOrder, probabilities: Optional[np.ndarray]
+            ) -> Tuple[Optional[_Structure], str]:
+    """Step 5: the structure whose level is fixed (its majority label), and the rule that chose it; None: the labels
+    of the whole chain decide."""
     anchored = [s for s in chain if s.majority == order.anchor]
     if anchored:
         return max(anchored, key=lambda s: s.size), "anchor class"
     if probabilities is not None:
         return max(chain, key=lambda s: sum(float(probabilities[s.majority][p.box][p.mask].sum())
                                             for p in s.pieces) / s.size), "most confident"
-    offset = {s: order.labels.index(s.majority) - pos[s] for s in chain}
-    votes = {o: (sum(v == o for v in offset.values()), sum(s.size for s in chain if offset[s] == o))
-             for o in offset.values()}  # (structures, voxels) agreeing with each offset
-    best = max(sorted(votes), key=lambda o: votes[o])
-    return max((s for s in chain if offset[s] == best), key=lambda s: s.size), "majority vote"
+    return None, "majority vote"
+
+
+def _same_level(a: _Structure, b: _Structure, height: Dict[int, float]) -> bool:
+    """Whether two structures may be pieces of one level: one kind, centroids less than its typical height apart
+    along the axis (two whole levels of a kind cannot be that close)."""
+    return a.kind == b.kind and abs(a.t - b.t) < height[a.kind]
+
+
+def _align(chain: List[_Structure], space: "_Space", order: LevelOrder, height: Dict[int, float],
+           fixed: Optional[_Structure]) -> Dict[_Structure, int]:
+    """Step 4: the level index of each chain structure (absent: not placed), by dynamic programming over the chain.
+
+    Placed levels rise along the chain by an advance the surface gap allows (`_fits`), or stay (two pieces of one
+    level, `_same_level`); up to MAX_SKIPPED structures in a row may be left out between placed ones; `fixed` is
+    placed at its majority label. Of these assignments the one that changes the fewest voxels wins: a voxel costs
+    1 when its structure gets a level other than the voxel's label and SKIP_COST when its structure is left out.
+    """
+    n, size = len(chain), [s.size for s in chain]
+    counts = [sum((Counter(p.counts) for p in s.pieces), Counter()) for s in chain]
+    levels = [[j for j, label in enumerate(order.labels) if (label in order.discs) == (s.kind == DISC)] for s in chain]
+    if fixed is not None:
+        levels[chain.index(fixed)] = [order.labels.index(fixed.majority)]
+    fixed_at = chain.index(fixed) if fixed is not None else -1
+
+    def left_out(i: int, j: int) -> float:  # the cost of leaving out chain[i:j]
+        return np.inf if i <= fixed_at < j else SKIP_COST * sum(size[i:j])
+
+    moves = {}  # (a, b) -> level differences allowed from chain[a] to chain[b] with everything between left out
+    for b in range(n):
+        for a in range(max(0, b - MAX_SKIPPED - 1), b):
+            moves[a, b] = [d for d, _ in _fits(space.gap(chain[a], chain[b]), chain[a].kind, chain[b].kind, height)]
+            if _same_level(chain[a], chain[b], height):
+                moves[a, b].append(0)
+    best, back = {}, {}  # (i, level) -> cost of chain[:i + 1] with chain[i] placed there; its predecessor
+    for b in range(n):
+        for level in levels[b]:
+            cost, prev = left_out(0, b), None  # everything before b left out
+            for a in range(max(0, b - MAX_SKIPPED - 1), b):
+                for d in moves[a, b]:
+                    c = best.get((a, level - d), np.inf) + left_out(a + 1, b)
+                    if c < cost:
+                        cost, prev = c, (a, level - d)
+            best[(b, level)] = cost + size[b] - counts[b][order.labels[level]]
+            back[(b, level)] = prev
+    end = min(best, key=lambda k: (best[k] + left_out(k[0] + 1, n), k))
+    placed, key = {}, end
+    while key is not None:
+        placed[chain[key[0]]] = key[1]
+        key = back[key]
+    return placed
 
 
 def order_levels(labels, order: LevelOrder, probabilities=None, spine_axis: Optional[int] = None,
@@ -356,23 +421,27 @@ def order_levels(labels, order: LevelOrder, probabilities=None, spine_axis: Opti
             a.pieces, b.pieces = a.pieces + b.pieces, []
     chain, structures = [s for s in chain if s.pieces], [s for s in structures if s.pieces]
     space = _Space(labels.shape, spacing_, structures)
-    pos = {chain[0]: 0}
-    for a, b in zip(chain, chain[1:]):
-        pos[b] = pos[a] + _advance(space.gap(a, b), a.kind, b.kind, height)[0]
-    anchor, rule = _anchor(chain, pos, order, probabilities)
-    offset = order.labels.index(anchor.majority) - pos[anchor]
+    anchor, rule = _anchor(chain, order, probabilities)
+    pos = _align(chain, space, order, height, anchor)
+    if anchor is None:  # the labels decided: report the largest structure that kept its label
+        kept = [s for s in pos if order.labels[pos[s]] == s.majority]
+        anchor = max(kept or list(pos), key=lambda s: s.size)
     left = set(fragments)
     while left:  # outwards from the chain: the fragment nearest to a placed structure first
         _, _, f, near = min(((space.gap(s, f), id(f), f, s) for f in left
                              for s in sorted(pos, key=lambda s: abs(s.t - f.t))[:3]), key=lambda g: g[:2])
         left.discard(f)
+        piece_of = [s for s in pos if _same_level(s, f, height)]
+        if piece_of:  # a piece of a placed level of its kind
+            pos[f] = pos[min(piece_of, key=lambda s: abs(s.t - f.t))]
+            continue
         move, misfit = _advance(space.gap(near, f), near.kind, f.kind, height)
         target = pos[near] + (move if f.t > near.t else -move)
         if misfit <= FIT_TOLERANCE * min(height.values()) and target not in pos.values():
             pos[f] = target
     levels = {}
     for s in structures:
-        level = pos[s] + offset if s in pos else -1
+        level = pos.get(s, -1)
         if 0 <= level < len(order.labels):
             levels[s] = order.labels[level]
             if levels[s] != s.majority:
