@@ -29,10 +29,11 @@ re-assigns the level names of a `LevelOrder` (distances in `spacing` units):
    disc-vertebra pair that fills the gap (typical heights; two counts when both fit about equally well), so a
    missing level leaves its positions empty; or it stays, for two structures of one kind whose centroids are
    less than its typical height apart (pieces of one level). Up to `MAX_SKIPPED` structures in a row may be left
-   out between two placed ones. Of these assignments the one that changes the fewest voxels wins (a voxel costs 1
-   when its structure gets a level other than its label, `SKIP_COST` when its structure is left out): the model's
-   labels stay wherever they are in an order the geometry allows, and a structure that breaks the order (a level
-   split in pieces, a wrongly labelled blob) is relabelled or left out instead of moving every level above it.
+   out between two placed ones, if the gap across them allows no more levels than counting through them would. Of
+   these assignments the one that changes the fewest voxels wins (a voxel costs 1 when its structure gets a level
+   other than its label, `SKIP_COST` when its structure is left out): the model's labels stay wherever they are in
+   an order the geometry allows, and a structure that breaks the order (a level split in pieces, a wrongly
+   labelled blob) is relabelled or left out instead of moving every level above it.
    Fragments (smaller structures) are then placed outwards, nearest first: with the level of a placed structure of
    their kind whose centroid is less than a typical height away, else at the position their gap to a placed
    neighbour gives, if that fits within `FIT_TOLERANCE` of the thinner height and the position is free; otherwise
@@ -311,8 +312,8 @@ def _align(chain: List[_Structure], space: "_Space", order: LevelOrder, height: 
     """Step 4: the level index of each chain structure (absent: not placed), by dynamic programming over the chain.
 
     Placed levels rise along the chain by an advance the surface gap allows (`_fits`), or stay (two pieces of one
-    level, `_same_level`); up to MAX_SKIPPED structures in a row may be left out between placed ones; `fixed` is
-    placed at its majority label. Of these assignments the one that changes the fewest voxels wins: a voxel costs
+    level, `_same_level`); up to MAX_SKIPPED structures in a row may be left out between placed ones (never making
+    room for more levels than counting through them); `fixed` is placed at its majority label. Of these assignments the one that changes the fewest voxels wins: a voxel costs
     1 when its structure gets a level other than the voxel's label and SKIP_COST when its structure is left out.
     """
     n, size = len(chain), [s.size for s in chain]
@@ -327,8 +328,11 @@ def _align(chain: List[_Structure], space: "_Space", order: LevelOrder, height: 
 
     moves = {}  # (a, b) -> level differences allowed from chain[a] to chain[b] with everything between left out
     for b in range(n):
-        for a in range(max(0, b - MAX_SKIPPED - 1), b):
+        for a in range(b - 1, max(0, b - MAX_SKIPPED - 1) - 1, -1):
             moves[a, b] = [d for d, _ in _fits(space.gap(chain[a], chain[b]), chain[a].kind, chain[b].kind, height)]
+            if a < b - 1:  # leaving structures out may remove positions (a spurious blob), never add room for more
+                through = sum(min(moves[k, k + 1]) for k in range(a, b))
+                moves[a, b] = [d for d in moves[a, b] if d <= through]
             if _same_level(chain[a], chain[b], height):
                 moves[a, b].append(0)
     best, back = {}, {}  # (i, level) -> cost of chain[:i + 1] with chain[i] placed there; its predecessor
