@@ -122,6 +122,11 @@ def test_documented_rows_still_train_what_they_measured_after_the_default_change
     assert _stage2_settings(registry.nnUNetTrainerCPS4) == _stage2_settings(variants.nnUNetTrainerCPS4_wholeCase)
     assert (_stage2_settings(registry.nnUNetTrainerMeanTeacher)
             == _stage2_settings(variants.nnUNetTrainerMeanTeacher_wholeCase))
+    # the ordering rows are the defaults with ordering on, nothing else
+    for ordered, default in ((variants.nnUNetTrainerCPS4_wholeCaseOrdered, registry.nnUNetTrainerCPS4),
+                             (variants.nnUNetTrainerMeanTeacher_wholeCaseOrdered, registry.nnUNetTrainerMeanTeacher)):
+        assert _stage2_settings(ordered) == _stage2_settings(default) and ordered.order_pseudo_labels
+        assert not default.order_pseudo_labels
     # the per-batch rows measured before the whole-case change: the defaults of that day, teacher on the batch
     for per_batch, default in ((variants.nnUNetTrainerCPS4_warmupDiceVeto, registry.nnUNetTrainerCPS4),
                                (variants.nnUNetTrainerMeanTeacher_warmupDice, registry.nnUNetTrainerMeanTeacher)):

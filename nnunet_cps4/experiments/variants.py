@@ -140,6 +140,12 @@ VARIANTS: Dict[str, Variant] = {
     "nnUNetTrainerCPS4_wholeCase": Variant(
         "nnUNetTrainerCPS4", {"whole_case_teacher_labels": True},
         "CPS4 with whole-case teacher labels, refined by the VLM's whole-case votes"),
+    "nnUNetTrainerMeanTeacher_wholeCaseOrdered": Variant(
+        "nnUNetTrainerMeanTeacher", {"order_pseudo_labels": True},
+        "the default mean teacher with its whole-case labels aligned to the spine order before the confidence cut"),
+    "nnUNetTrainerCPS4_wholeCaseOrdered": Variant(
+        "nnUNetTrainerCPS4", {"order_pseudo_labels": True},
+        "the default CPS4 with the VLM's votes and the refined whole-case labels aligned to the spine order"),
     "nnUNetTrainerCPS4_levelVeto": Variant(
         "nnUNetTrainerCPS4", {"pseudo_label_rule": {"combination": "level_veto"}},
         "the teacher's labels (the mean teacher's rule) with one VLM veto: a pixel where the teacher says one level "
