@@ -179,6 +179,20 @@ def test_anchor_fixes_an_off_by_one_shift():
     assert report["anchor"]["rule"] == "majority vote"
 
 
+def test_a_blob_labelled_sacrum_above_the_spine_does_not_anchor_the_count():
+    """Correct levels S .. T12 and a blob labelled S, larger than the sacrum, just above T12 (found in a mean
+    teacher's test prediction): anchored there, every level below it was left out. It has no room for the sacrum's
+    level, so the real sacrum anchors and the levels stay."""
+    names = TRUE + [None] * 4
+    wrong = spine_map(names)
+    below = slice(slot_rows(len(TRUE) - 1, len(names)).start, None)  # the rows of S .. T12
+    wrong[2:below.start - 2, 4:16] = L["S"]  # larger than the sacrum, two rows above T12
+    out, report = order_levels(wrong, ORDER, ignore_value=255)
+    np.testing.assert_array_equal(out[below], wrong[below])
+    assert report["placed"] >= len(TRUE)  # anchored at the real sacrum, the only S with room for its level
+    assert not (out[:below.start] == L["S"]).any()  # the blob is not the sacrum
+
+
 def test_sacrum_in_two_pieces_is_one_anchor():
     wrong = spine_map(swap(TRUE, "L4", "L5"))
     sacrum = slot_rows(0, len(TRUE))

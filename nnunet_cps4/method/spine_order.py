@@ -41,7 +41,9 @@ re-assigns the level names of a `LevelOrder` (distances in `spacing` units):
 5. Anchor. One structure keeps its label whatever the cost: the largest whose majority label is the order's anchor
    (the sacrum; neighbouring anchor-labelled structures are one); else, with `probabilities`, the structure with
    the highest mean probability of its majority class; else none, and the labels of the whole chain decide (the
-   offset most voxels agree with).
+   offset most voxels agree with). A structure can anchor only where the chain leaves room for its level: no more
+   structures on either side of it than the order has levels there, plus `MAX_SKIPPED` (a blob labelled as the
+   sacrum above the spine, seen in a mean teacher's prediction, would otherwise leave every level out).
 6. Output. Each placed structure gets the label of its level, all its voxels, so every level appears at most once,
    in order, discs between vertebrae. Structures beyond either end of the order, unplaced fragments, isolated
    structures and specks are set to `ignore_value` (left as they are when it is None). Labels outside the order are
@@ -291,14 +293,22 @@ def _advance(gap: float, kind_a: int, kind_b: int, height: Dict[int, float]) -> 
 def _anchor(chain: List[_Structure], order: LevelOrder, probabilities: Optional[np.ndarray]
             ) -> Tuple[Optional[_Structure], str]:
     """Step 5: the structure whose level is fixed (its majority label), and the rule that chose it; None: the labels
-    of the whole chain decide."""
-    anchored = [s for s in chain if s.majority == order.anchor]
+    of the whole chain decide. Only a structure with room for its level can anchor (`_has_room`)."""
+    candidates = [s for i, s in enumerate(chain) if _has_room(i, len(chain), order.labels.index(s.majority), order)]
+    anchored = [s for s in candidates if s.majority == order.anchor]
     if anchored:
         return max(anchored, key=lambda s: s.size), "anchor class"
-    if probabilities is not None:
-        return max(chain, key=lambda s: sum(float(probabilities[s.majority][p.box][p.mask].sum())
-                                            for p in s.pieces) / s.size), "most confident"
+    if probabilities is not None and candidates:
+        return max(candidates, key=lambda s: sum(float(probabilities[s.majority][p.box][p.mask].sum())
+                                                 for p in s.pieces) / s.size), "most confident"
     return None, "majority vote"
+
+
+def _has_room(i: int, n: int, level: int, order: LevelOrder) -> bool:
+    """Whether chain position i (of n) can hold order level `level`: no more structures on either side than the
+    order has levels there, plus MAX_SKIPPED that may be left out. A blob labelled as the sacrum above the whole
+    spine cannot anchor the count (fixing it would leave every level below it out)."""
+    return i <= level + MAX_SKIPPED and n - 1 - i <= len(order.labels) - 1 - level + MAX_SKIPPED
 
 
 def _same_level(a: _Structure, b: _Structure, height: Dict[int, float]) -> bool:
