@@ -201,6 +201,31 @@ def test_ordered_pseudo_labels_put_the_levels_back_in_spine_order(planned_toy, m
     assert torch.equal(trainer.ordered_levels(labels, probs), labels)
 
 
+def test_the_mean_teacher_orders_its_pseudo_labels_on_spine_datasets_by_default(monkeypatch):
+    """The mean teacher aligns its pseudo labels to the spine order where the prompt file declares one, CPS4 does
+    not; dataset.json "cps4": {"order_pseudo_labels": ...} or a variant's class attribute decides over both, and a
+    bad value names the key."""
+    from types import SimpleNamespace
+
+    from nnunet_cps4.experiments.variants import nnUNetTrainerMeanTeacher_wholeCase
+
+    def resolved(cls, spine: bool, cps4=None) -> bool:
+        trainer = cls.__new__(cls)  # only the setting is resolved
+        trainer.dataset_json = {"labels": {"background": 0, "a": 1}, **({"cps4": cps4} if cps4 is not None else {})}
+        trainer.plans_manager = SimpleNamespace(dataset_name="Dataset501_Toy")
+        trainer._is_spine_dataset = spine
+        return trainer.orders_pseudo_labels()
+
+    assert resolved(nnUNetTrainerMeanTeacher, spine=True)
+    assert not resolved(nnUNetTrainerMeanTeacher, spine=False)  # nothing to order by
+    assert not resolved(nnUNetTrainerCPS4, spine=True)
+    assert not resolved(nnUNetTrainerMeanTeacher, spine=True, cps4={"order_pseudo_labels": False})
+    assert resolved(nnUNetTrainerCPS4, spine=True, cps4={"order_pseudo_labels": True})
+    assert not resolved(nnUNetTrainerMeanTeacher_wholeCase, spine=True, cps4={"order_pseudo_labels": True})
+    with pytest.raises(CPS4Error, match=r"cps4\.order_pseudo_labels' must be true or false"):
+        resolved(nnUNetTrainerMeanTeacher, spine=True, cps4={"order_pseudo_labels": "yes"})
+
+
 class _SignTeacher(torch.nn.Module):
     """Stands in for the teacher: class 1 where the image is bright, 0 where it is dark, unsure near 0."""
 

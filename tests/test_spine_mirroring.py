@@ -56,7 +56,8 @@ def test_semi_supervised_trainers_drop_si_mirroring_on_spine_datasets_by_default
     from nnunet_cps4.nnunet.trainers.registry import nnUNetTrainerCPS4VLM, nnUNetTrainerMeanTeacher
     from nnunet_cps4.nnunet.trainers.spine_mirroring import SpineMirroringMixin
 
-    rows = {"superior_inferior_axis": 1}  # the toy's image rows play the spine's axis
+    # the toy's image rows play the spine's axis (its prompts declare no order to align pseudo labels to)
+    rows = {"superior_inferior_axis": 1, "order_pseudo_labels": False}
     assert _mirror_axes(nnUNetTrainerMeanTeacher, planned_toy, monkeypatch, "2d", rows) == (0, 1)  # no spine order
     monkeypatch.setattr(SpineMirroringMixin, "is_spine_dataset", lambda self: True)
     assert _mirror_axes(nnUNetTrainerMeanTeacher, planned_toy, monkeypatch, "2d", rows) == (1,)

@@ -42,14 +42,19 @@ class SpineMirroringMixin:
         settings = self.dataset_json.get("cps4") or {}
         return settings.get(key) if isinstance(settings, dict) else None
 
-    def _explicit_mirror_setting(self) -> Optional[bool]:
-        """The class attribute, else dataset.json's value, else None (the family's default applies)."""
-        if self.mirror_superior_inferior is not None:
-            return bool(self.mirror_superior_inferior)
-        value = self._cps4_dataset_setting(MIRROR_KEY)
+    def _explicit_spine_setting(self, class_value: Optional[bool], key: str) -> Optional[bool]:
+        """A spine setting's class attribute, else dataset.json's "cps4" value under `key`, else None (the trainer
+        family's default for spine datasets applies)."""
+        if class_value is not None:
+            return bool(class_value)
+        value = self._cps4_dataset_setting(key)
         if value is not None and not isinstance(value, bool):
-            raise CPS4Error(f"dataset.json 'cps4.{MIRROR_KEY}' must be true or false, got {value!r}")
+            raise CPS4Error(f"dataset.json 'cps4.{key}' must be true or false, got {value!r}. Fix: write true or "
+                            f"false, or remove the key to get the trainer's default")
         return value
+
+    def _explicit_mirror_setting(self) -> Optional[bool]:
+        return self._explicit_spine_setting(self.mirror_superior_inferior, MIRROR_KEY)
 
     def mirrors_superior_inferior(self) -> bool:
         explicit = self._explicit_mirror_setting()
