@@ -1,4 +1,4 @@
-"""nnUNetv2_cps4_benchmark end to end on a tiny phantom with the smoke schedule (the real runs: docs/BENCHMARKS.md)."""
+"""nnUNetv2_cps4_benchmark end to end on a tiny phantom with the tick schedule (the real runs: docs/BENCHMARKS.md)."""
 import json
 import os
 import subprocess
@@ -36,9 +36,15 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     raw = out / "nnUNet_raw" / only_run["dataset"]
     trained_on = os.listdir(raw / "imagesTr") + os.listdir(raw / "imagesUnlabeled")
     assert not any(case in f for case in split["test"] for f in trained_on)
+    # the benchmark trains fold 'all' and scores its own test cases: nnU-Net's final validation of fold 'all' (every
+    # training case predicted) is skipped
+    fold_all = out / "nnUNet_results" / only_run["dataset"] / "nnUNetTrainerSupervised_tick__nnUNetPlans_bs2__2d" / \
+        "fold_all"
+    assert (fold_all / "checkpoint_final.pth").is_file() and not (fold_all / "validation").exists()
+    assert any("Final validation skipped" in log.read_text() for log in fold_all.glob("training_log_*.txt"))
     cost = {r["trainer"]: r for r in results["cost"]["results"]}
-    assert cost["nnUNetTrainerSupervised_smoke"]["time_ratio"] == 1.0
-    assert cost["nnUNetTrainerCPS4_smoke"]["seconds_per_iteration"] > 0
+    assert cost["nnUNetTrainerSupervised_tick"]["time_ratio"] == 1.0
+    assert cost["nnUNetTrainerCPS4_tick"]["seconds_per_iteration"] > 0
     md = (out / "results.md").read_text()
     assert "| cps4 |" in md and "foreground volume" in md and "vs supervised" in md and "Per-iteration cost" in md
     assert (out / "results.png").stat().st_size > 10000
@@ -71,7 +77,7 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     assert sorted(os.listdir(offline / "labelsTr")) == sorted(f"{c}.nii.gz" for c in split["labeled"] +
                                                               split["unlabeled"])
     model = only_run["methods"]["offline_pseudo_labels"]["trainer"]
-    assert model == "nnUNetTrainerSupervised_smoke"
+    assert model == "nnUNetTrainerSupervised_tick"
     plans = json.loads(next((out / "nnUNet_preprocessed").glob(offline.name + "/nnUNetPlans_bs2.json")).read_text())
     assert plans["configurations"]["2d"]["batch_size"] == 2
 
@@ -96,7 +102,7 @@ def test_tiny_benchmark_end_to_end(tmp_path):
                               env=env, capture_output=True, text=True, timeout=300)
     assert repeated.returncode == 0, repeated.stdout[-3000:] + repeated.stderr[-3000:]
     assert repeated.stdout.count("training nnUNetTrainer") == 1  # repeat 0 is the run above
-    assert list((out / "nnUNet_results_repeat1" / only_run["dataset"]).glob("nnUNetTrainerSupervised_smoke__*"))
+    assert list((out / "nnUNet_results_repeat1" / only_run["dataset"]).glob("nnUNetTrainerSupervised_tick__*"))
     rep = json.loads((out / "repeated.json").read_text())
     trainings = [json.loads((out / "predictions" / "supervised" / key / "metrics.json").read_text())["mean"]["Dice"]
                  for key in ("fraction_0.5_seed_0", "fraction_0.5_seed_0_repeat1")]

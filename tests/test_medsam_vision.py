@@ -207,14 +207,14 @@ def test_frozen_encoder_probe_trains_on_cached_features_and_scores_levels(tmp_pa
 def test_cps4_with_the_pretrained_encoder_trains_both_stages_and_precomputes_its_maps(env, tmp_path):
     """vision="medsam": stage (i) with LiteMedSAM's frozen encoder, its checkpoint into stage (ii) (maps precomputed
     by default, encoder weights never in a checkpoint) and into nnUNetv2_cps4_predict_vlm."""
-    result = train(env, "nnUNetTrainerCPS4_medsam_smoke")
+    result = train(env, "nnUNetTrainerCPS4_medsam_tick")
     assert "No stage-(i) VLM" in result.stdout and "VLM maps: 4/4 unlabeled cases" in result.stdout
-    fold = os.path.join(model_folder(env, "nnUNetTrainerCPS4_medsam_smoke"), "fold_0")
+    fold = os.path.join(model_folder(env, "nnUNetTrainerCPS4_medsam_tick"), "fold_0")
     state = load(os.path.join(fold, "checkpoint_final.pth"))["cps4_state"]
     assert state["vlm_metadata"]["vlm_config"]["vision"] == "medsam"
     assert any(k.startswith("vision.decoder.") for k in state["vlm_weights"])
     assert not any(k.startswith("vision.encoder.") for k in state["vlm_weights"])
     out = tmp_path / "vlm"
     cli("nnUNetv2_cps4_predict_vlm", "-i", os.path.join(env["nnUNet_raw"], DATASET, "imagesTs"), "-o", out,
-        "-d", 501, "-c", "2d", "-f", 0, "-tr", "nnUNetTrainerCPS4VLM_medsam_smoke", "-device", "cpu", env=env)
+        "-d", 501, "-c", "2d", "-f", 0, "-tr", "nnUNetTrainerCPS4VLM_medsam_tick", "-device", "cpu", env=env)
     assert sorted(f for f in os.listdir(out) if f.endswith(".nii.gz")) == ["t10.nii.gz", "t9.nii.gz"]

@@ -8,11 +8,11 @@ from toy_data import make_toy_dataset
 
 
 def test_cps4_trains_and_predicts_3d_fullres(env, tmp_path):
-    result = train(env, "nnUNetTrainerCPS4_smoke", "all", "3d_fullres")
+    result = train(env, "nnUNetTrainerCPS4_tick", "all", "3d_fullres")
     assert "No stage-(i) VLM" in result.stdout  # the single command runs stage (i) first
-    files = predict(env, "nnUNetTrainerCPS4_smoke", str(tmp_path / "pred3d"), "3d_fullres", "all")
+    files = predict(env, "nnUNetTrainerCPS4_tick", str(tmp_path / "pred3d"), "3d_fullres", "all")
     assert files == ["t10.nii.gz", "t9.nii.gz"]
-    assert os.path.isfile(os.path.join(model_folder(env, "nnUNetTrainerCPS4VLM_smoke", "3d_fullres"), "fold_all",
+    assert os.path.isfile(os.path.join(model_folder(env, "nnUNetTrainerCPS4VLM_tick", "3d_fullres"), "fold_all",
                                        "checkpoint_final.pth"))
 
 

@@ -93,6 +93,8 @@ def test_every_trainer_variant_instantiates(plans, monkeypatch):
         suffix = name.rsplit("_", 1)[-1]
         if suffix in variants.ALL_SCHEDULES:
             assert trainer.num_epochs == variants.ALL_SCHEDULES[suffix]["epochs"], name
+            # the benchmark's schedules skip the final validation of fold 'all'; nnU-Net's lengths keep it
+            assert trainer.validate_fold_all is (suffix not in variants.BENCHMARK_SCHEDULES), name
         if hasattr(cls, "vlm_trainer_class"):
             vlm_name = cls.vlm_trainer_class.__name__
             assert getattr(variants, vlm_name) is cls.vlm_trainer_class, name

@@ -69,10 +69,10 @@ PRESETS: Dict[str, dict] = {
     "gpu": dict(fractions=[0.05], seeds=[0, 1, 2], methods=["supervised", "meanteacher", "cps4"],
                 schedule="cpu5k", device="cuda", phantom_cases=50, phantom_test=10, phantom_size="5x96x40",
                 cost=True),
-    # tests: tiny phantom, smoke schedule
+    # tests of the pipeline: tiny phantom, the 6-iteration tick schedule, a cost measurement of 1 + 3 steps
     "tiny": dict(fractions=[0.5], seeds=[0], methods=["supervised", "vlm", "cps4", "offline_pseudo_labels"],
-                 schedule="smoke",
-                 device="cpu", phantom_cases=8, phantom_test=2, phantom_size="4x80x32", cost=True),
+                 schedule="tick",
+                 device="cpu", phantom_cases=8, phantom_test=2, phantom_size="4x80x32", cost=True, cost_steps=(1, 3)),
 }
 PROTOCOL_KEYS = ("source", "phantom_cases", "phantom_test", "phantom_size", "phantom_seed", "phantom_field",
                  "schedule", "configuration", "batch_size", "fold")
@@ -395,7 +395,7 @@ def run_benchmark(args) -> dict:
         trainers = [f"{METHODS[m]}_{args.schedule}" for m in ("supervised", "meanteacher", "cps4")
                     if m in args.methods]
         results["cost"] = measure_cost(first["dataset"], args.configuration, trainers, first["plans"], args.device,
-                                       env=env)
+                                       warmup=args.cost_warmup, steps=args.cost_steps, env=env)
         text += "\n### Per-iteration cost\n\n" + results["cost"]["protocol"] + "\n\n" + \
             format_cost_table(results["cost"]) + "\n"
     report = os.path.join(out, args.report)

@@ -16,9 +16,13 @@ import torch
 SCHEDULES: Dict[str, dict] = {name: dict(epochs=epochs) for name, epochs in
                               (("5epochs", 5), ("10epochs", 10), ("50epochs", 50), ("100epochs", 100),
                                ("250epochs", 250))}
-# setting -> nnU-Net trainer attribute
+# setting -> trainer attribute. validate_fold_all = False skips nnU-Net's final validation when the fold is 'all':
+# that fold holds nothing out, so nnU-Net predicts every training case and scores it against its own training labels
+# (the benchmark's CPU schedules set it: a 164-case phantom would be predicted after each training for no number)
 SCHEDULE_ATTRIBUTES = {"epochs": "num_epochs", "iterations_per_epoch": "num_iterations_per_epoch",
-                       "val_iterations_per_epoch": "num_val_iterations_per_epoch", "save_every": "save_every"}
+                       "val_iterations_per_epoch": "num_val_iterations_per_epoch", "save_every": "save_every",
+                       "validate_fold_all": "validate_fold_all"}
+_SWITCHES = {"validate_fold_all"}  # settings that are on/off rather than counts
 
 
 def apply_schedule(trainer, schedule: Optional[dict]) -> None:
@@ -27,16 +31,24 @@ def apply_schedule(trainer, schedule: Optional[dict]) -> None:
         if key not in SCHEDULE_ATTRIBUTES:
             raise KeyError(f"unknown schedule setting {key!r}; known: {sorted(SCHEDULE_ATTRIBUTES)}")
         if value is not None:
-            setattr(trainer, SCHEDULE_ATTRIBUTES[key], int(value))
+            setattr(trainer, SCHEDULE_ATTRIBUTES[key], bool(value) if key in _SWITCHES else int(value))
 
 
 class ScheduleMixin:
     schedule: Optional[dict] = None
+    validate_fold_all = True  # nnU-Net's behaviour unless the schedule says otherwise
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         apply_schedule(self, self.schedule)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if str(self.fold) == "all" and not self.validate_fold_all:
+            self.print_to_log_file("Final validation skipped: fold 'all' has no held-out cases and this schedule "
+                                   "sets validate_fold_all = False")
+            return
+        return super().perform_actual_validation(save_probabilities)
 
 
 def with_schedule(base: type, name: str, schedule: dict, namespace: dict, module: str) -> type:
