@@ -201,13 +201,13 @@ def test_ordered_pseudo_labels_put_the_levels_back_in_spine_order(planned_toy, m
     assert torch.equal(trainer.ordered_levels(labels, probs), labels)
 
 
-def test_the_mean_teacher_orders_its_pseudo_labels_on_spine_datasets_by_default(monkeypatch):
-    """The mean teacher aligns its pseudo labels to the spine order where the prompt file declares one, CPS4 does
-    not; dataset.json "cps4": {"order_pseudo_labels": ...} or a variant's class attribute decides over both, and a
+def test_the_semi_supervised_trainers_order_their_pseudo_labels_on_spine_datasets_by_default(monkeypatch):
+    """The mean teacher and CPS4 align their pseudo labels to the spine order where the prompt file declares one;
+    dataset.json "cps4": {"order_pseudo_labels": ...} or a variant's class attribute decides over both, and a
     bad value names the key."""
     from types import SimpleNamespace
 
-    from nnunet_cps4.experiments.variants import nnUNetTrainerMeanTeacher_wholeCase
+    from nnunet_cps4.experiments.variants import nnUNetTrainerCPS4_wholeCase, nnUNetTrainerMeanTeacher_wholeCase
 
     def resolved(cls, spine: bool, cps4=None) -> bool:
         trainer = cls.__new__(cls)  # only the setting is resolved
@@ -218,7 +218,9 @@ def test_the_mean_teacher_orders_its_pseudo_labels_on_spine_datasets_by_default(
 
     assert resolved(nnUNetTrainerMeanTeacher, spine=True)
     assert not resolved(nnUNetTrainerMeanTeacher, spine=False)  # nothing to order by
-    assert not resolved(nnUNetTrainerCPS4, spine=True)
+    assert resolved(nnUNetTrainerCPS4, spine=True)
+    assert not resolved(nnUNetTrainerCPS4_wholeCase, spine=True)  # the documented unordered CPS4 row
+    assert not resolved(nnUNetTrainerCPS4, spine=True, cps4={"order_pseudo_labels": False})
     assert not resolved(nnUNetTrainerMeanTeacher, spine=True, cps4={"order_pseudo_labels": False})
     assert resolved(nnUNetTrainerCPS4, spine=True, cps4={"order_pseudo_labels": True})
     assert not resolved(nnUNetTrainerMeanTeacher_wholeCase, spine=True, cps4={"order_pseudo_labels": True})
@@ -237,7 +239,7 @@ def test_whole_case_teacher_labels_are_made_on_schedule_and_travel_with_the_augm
         planned_toy, monkeypatch, tmp_path):
     import numpy as np
 
-    from nnunet_cps4.experiments.variants import nnUNetTrainerMeanTeacher_wholeCase
+    from nnunet_cps4.experiments.variants import nnUNetTrainerCPS4_wholeCase, nnUNetTrainerMeanTeacher_wholeCase
     from nnunet_cps4.nnunet.teacher_label_cache import MANIFEST, decode_labels
 
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # the batch below from this process's augmentation

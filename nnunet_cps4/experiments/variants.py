@@ -147,16 +147,19 @@ VARIANTS: Dict[str, Variant] = {
         "nnUNetTrainerMeanTeacher", {"whole_case_teacher_labels": True, "order_pseudo_labels": False},
         "the teacher labels the whole un-augmented unlabeled cases (start of the unlabeled phase, then every 20 % "
         "of the schedule) and the loader moves the labels through the student's augmentation; no spine ordering"),
+    # (CPS4's default from 2026-12-02 until ordering became its default on 2026-12-04: the documented `cps4` rows of
+    # that time are this row)
     "nnUNetTrainerCPS4_wholeCase": Variant(
         "nnUNetTrainerCPS4", {"whole_case_teacher_labels": True, "order_pseudo_labels": False},
-        "CPS4 with whole-case teacher labels, refined by the VLM's whole-case votes"),
+        "CPS4 with whole-case teacher labels, refined by the VLM's whole-case votes; no spine ordering"),
     "nnUNetTrainerMeanTeacher_wholeCaseOrdered": Variant(
         "nnUNetTrainerMeanTeacher", {"order_pseudo_labels": True},
         "the mean teacher with its whole-case labels aligned to the spine order before the confidence cut (its "
         "default on spine datasets since 2026-12-03)"),
     "nnUNetTrainerCPS4_wholeCaseOrdered": Variant(
         "nnUNetTrainerCPS4", {"order_pseudo_labels": True},
-        "the default CPS4 with the VLM's votes and the refined whole-case labels aligned to the spine order"),
+        "the default CPS4 with the VLM's votes and the refined whole-case labels aligned to the spine order (its "
+        "default on spine datasets since 2026-12-04)"),
     "nnUNetTrainerCPS4_levelVeto": Variant(
         "nnUNetTrainerCPS4", {"pseudo_label_rule": {"combination": "level_veto"}},
         "the teacher's labels (the mean teacher's rule) with one VLM veto: a pixel where the teacher says one level "

@@ -61,10 +61,10 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
     # where no VLM map fires the teacher's label and confidence stand; where one fires and disagrees, the vote
     # decides or the pixel drops below the confidence cut
     pseudo_label_rule: PseudoLabelRule = PseudoLabelRule(silent_defers=True)
-    # spine ordering of the teacher's labels and the VLM's votes: off by default (the mean teacher's is on). With
-    # the current defaults it was measured on one split (phantom seed 9: teacher labels -1.3), too little to choose;
-    # the row cps4_wholeCaseOrdered turns it on, as does dataset.json "cps4": {"order_pseudo_labels": true}
-    order_pseudo_labels_on_spines = False
+    # spine ordering of the teacher's labels and the VLM's votes: on by default on spine datasets (inherited from
+    # the mean teacher) since 2026-12-04. Phantom seed 10, three splits, rule written before the run: the ordered
+    # final teacher's labels of unlabeled cases -1.0 / +1.5 / +2.0 (+0.8) against the unordered CPS4's (seed 9, one
+    # split: -1.3); docs/BENCHMARKS.md "CPS4 with ordering". The row cps4_wholeCase is CPS4 without it
     labeled_stats_every: int = 5           # VLM Dice on the labeled batch every N steps (costs a VLM pass;
     #                                        not measured when the maps are precomputed)
     # the frozen VLM's votes on the unlabeled cases computed once before training and carried through nnU-Net's

@@ -97,7 +97,7 @@ class nnUNetTrainerMeanTeacher(SpineMirroringMixin, FoldGuardMixin, ExtraCheckpo
     # On for the mean teacher since 2026-12-03, chosen on its teacher's labels of unlabeled cases: on phantom seed 9
     # +9.6 mean Dice (the unordered mean teacher lost a level on one split), confirmed on the fresh seed 10 (+0.8, no
     # split worse by more than 2; every test level placed on every split); docs/BENCHMARKS.md "Ordering inside
-    # training". The row meanteacher_wholeCase is the earlier default. CPS4 keeps it off (one split measured).
+    # training". The row meanteacher_wholeCase is the earlier default. CPS4 inherits it since 2026-12-04 (cps4.py).
     order_pseudo_labels_on_spines: bool = True
     # where the teacher labels: True = on the whole, un-augmented unlabeled cases (nnU-Net's sliding-window
     # predictor) when the unlabeled loss starts and every teacher_label_refresh_fraction of the schedule after, the
