@@ -239,7 +239,7 @@ def test_whole_case_teacher_labels_are_made_on_schedule_and_travel_with_the_augm
         planned_toy, monkeypatch, tmp_path):
     import numpy as np
 
-    from nnunet_cps4.experiments.variants import nnUNetTrainerCPS4_wholeCase, nnUNetTrainerMeanTeacher_wholeCase
+    from nnunet_cps4.experiments.variants import nnUNetTrainerMeanTeacher_wholeCase
     from nnunet_cps4.nnunet.teacher_label_cache import MANIFEST, decode_labels
 
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # the batch below from this process's augmentation

@@ -72,7 +72,8 @@ PRESETS: Dict[str, dict] = {
     # tests of the pipeline: tiny phantom, the 6-iteration tick schedule, a cost measurement of 1 + 3 steps
     "tiny": dict(fractions=[0.5], seeds=[0], methods=["supervised", "vlm", "cps4", "offline_pseudo_labels"],
                  schedule="tick",
-                 device="cpu", phantom_cases=8, phantom_test=2, phantom_size="4x80x32", cost=True, cost_steps=(1, 3)),
+                 device="cpu", phantom_cases=8, phantom_test=2, phantom_size="4x80x32", cost=True,
+                 cost_steps=dict(warmup=1, steps=3)),
 }
 PROTOCOL_KEYS = ("source", "phantom_cases", "phantom_test", "phantom_size", "phantom_seed", "phantom_field",
                  "schedule", "configuration", "batch_size", "fold")
@@ -395,7 +396,7 @@ def run_benchmark(args) -> dict:
         trainers = [f"{METHODS[m]}_{args.schedule}" for m in ("supervised", "meanteacher", "cps4")
                     if m in args.methods]
         results["cost"] = measure_cost(first["dataset"], args.configuration, trainers, first["plans"], args.device,
-                                       warmup=args.cost_warmup, steps=args.cost_steps, env=env)
+                                       env=env, **args.cost_steps)
         text += "\n### Per-iteration cost\n\n" + results["cost"]["protocol"] + "\n\n" + \
             format_cost_table(results["cost"]) + "\n"
     report = os.path.join(out, args.report)

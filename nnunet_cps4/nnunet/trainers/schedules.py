@@ -17,8 +17,8 @@ SCHEDULES: Dict[str, dict] = {name: dict(epochs=epochs) for name, epochs in
                               (("5epochs", 5), ("10epochs", 10), ("50epochs", 50), ("100epochs", 100),
                                ("250epochs", 250))}
 # setting -> trainer attribute. validate_fold_all = False skips nnU-Net's final validation when the fold is 'all':
-# that fold holds nothing out, so nnU-Net predicts every training case and scores it against its own training labels
-# (the benchmark's CPU schedules set it: a 164-case phantom would be predicted after each training for no number)
+# that fold holds nothing out, so nnU-Net predicts every labeled training case and scores it against the labels it
+# trained on (the benchmark's CPU schedules set it: they score their own test cases instead)
 SCHEDULE_ATTRIBUTES = {"epochs": "num_epochs", "iterations_per_epoch": "num_iterations_per_epoch",
                        "val_iterations_per_epoch": "num_val_iterations_per_epoch", "save_every": "save_every",
                        "validate_fold_all": "validate_fold_all"}
