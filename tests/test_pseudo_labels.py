@@ -93,6 +93,19 @@ def test_level_veto_removes_only_the_pixels_where_teacher_and_vlm_name_different
         PseudoLabelRule(combination="vetoo")
 
 
+def test_confirm_adds_only_the_unsure_pixels_the_vlm_names_alike():
+    # 1 x 6 pixels: [confident 1, VLM 2 | unsure 1, VLM 1 | unsure 2, VLM 1 | unsure background, VLM silent |
+    #                unsure background, VLM 2 | confident background, VLM 1]
+    teacher = torch.softmax(_logits(torch.tensor([[1, 1, 2, 0, 0, 0]]),
+                                    torch.tensor([[0.97, 0.6, 0.7, 0.8, 0.8, 0.99]])), 1)
+    y_text = torch.tensor([[[2, 1, 1, 0, 2, 1]]])
+    rule = PseudoLabelRule(combination="confirm")
+    confidence, labels = rule.refine_with_vote(teacher, torch.zeros(1, 3, 1, 6), y_text)
+    assert labels[0, 0, 0].tolist() == [1, 1, 2, 0, 0, 0]  # the VLM never relabels
+    # confident pixels stand whatever the VLM says; unsure ones stay in only where the VLM names the same class
+    assert rule.confident(labels, confidence, 9)[0, 0, 0].tolist() == [1, 1, 9, 0, 9, 0]
+
+
 def test_cps4_supervises_where_teacher_and_vlm_agree(planned_toy, monkeypatch, tmp_path):
     # the paper's form: L(student, y_text) + L(student, refined)
     trainer = _trainer(nnUNetTrainerCPS4_paper, planned_toy, monkeypatch, tmp_path)
@@ -298,7 +311,7 @@ def test_whole_case_teacher_labels_are_made_on_schedule_and_travel_with_the_augm
 
 
 def test_rule_comparison_counts_what_each_rule_supervises_and_its_level_confusions():
-    from nnunet_cps4.experiments.pseudo_label_rules import IGNORE, _Counts, rule_targets
+    from nnunet_cps4.experiments.pseudo_label_rules import IGNORE, _Complementarity, _Counts, rule_targets
 
     # 1 x 4 pixels, truth [1, 2, 0, 2]; the teacher says [1, 1, 0, 2] confidently; the VLM fires 2 on pixel 1 only
     teacher = torch.softmax(_logits(torch.tensor([[1, 1, 0, 2]]), torch.tensor([[0.98, 0.97, 0.99, 0.5]])), 1)[0]
@@ -317,3 +330,12 @@ def test_rule_comparison_counts_what_each_rule_supervises_and_its_level_confusio
     assert mean_teacher["supervised_percent"] == 75.0 and mean_teacher["level_confusion_percent"] == 25.0
     assert veto["supervised_percent"] == 50.0 and veto["wrong_percent"] == 0.0
     assert mean_teacher["foreground_precision_percent"] == 50.0  # class 1: 1 of 2 right; class 2 never labelled
+    # the VLM's fused map is [0, 2, 0, 0]: it is right where the confident teacher is wrong (pixel 1) and wrong on
+    # pixels 0 and 3, where the teacher is right (pixel 3 only by its argmax, below the cut)
+    assert targets["confirm"][0].tolist() == [1, 1, 0, IGNORE]  # pixel 3: the VLM does not name class 2
+    both = _Complementarity()
+    both.add(teacher, torch.tensor([[0, 2, 0, 0]]), ref, 0.9)
+    assert both.summary() == {"teacher_wrong_vlm_right_confident_percent": 25.0,
+                              "teacher_wrong_vlm_right_unsure_percent": 0.0, "teacher_wrong_vlm_wrong_percent": 0.0,
+                              "teacher_right_vlm_wrong_confident_percent": 25.0,
+                              "teacher_right_vlm_wrong_unsure_percent": 25.0}

@@ -8,7 +8,8 @@ each rule forms the student's targets exactly as in training (`PseudoLabelRule.r
 
 - "mean teacher": the teacher's label where its probability reaches the cut (no VLM);
 - "vote": CPS4's vote rule (`silent_defers`, the default until the level veto);
-- "level_veto": the teacher's labels, minus the pixels where the VLM fires another level.
+- "level_veto": the teacher's labels, minus the pixels where the VLM fires another level;
+- "confirm": the teacher's labels, plus the pixels below its cut where the VLM names the same class.
 
 Per rule and teacher, over all pixels of all cases: supervised (% of pixels), wrong (% of pixels supervised with a
 label other than the true one), level confusions (% of pixels supervised with one foreground class where the truth
@@ -37,7 +38,8 @@ from nnunet_cps4.nnunet.vlm_prediction import vlm_probabilities
 IGNORE = -1
 RULES: Dict[str, PseudoLabelRule] = {"mean teacher": PseudoLabelRule(),
                                      "vote": PseudoLabelRule(silent_defers=True),
-                                     "level_veto": PseudoLabelRule(combination="level_veto")}
+                                     "level_veto": PseudoLabelRule(combination="level_veto"),
+                                     "confirm": PseudoLabelRule(combination="confirm")}
 
 
 @torch.no_grad()
@@ -54,6 +56,30 @@ def rule_targets(teacher_probs: torch.Tensor, probs: torch.Tensor) -> Dict[str, 
         confidence, labels = rule.refine(teacher_probs[None], probs[None], y_text)
         targets[name] = rule.confident(labels, confidence, IGNORE)[0, 0]
     return targets
+
+
+class _Complementarity:
+    """Where the teacher's and the VLM's labels are right and wrong, per cent of all pixels."""
+
+    def __init__(self):
+        self.pixels = 0
+        self.counts = {"teacher_wrong_vlm_right_confident": 0, "teacher_wrong_vlm_right_unsure": 0,
+                       "teacher_wrong_vlm_wrong": 0, "teacher_right_vlm_wrong_confident": 0,
+                       "teacher_right_vlm_wrong_unsure": 0}
+
+    def add(self, teacher_probs: torch.Tensor, y_text: torch.Tensor, ref: torch.Tensor, cut: float) -> None:
+        confidence, teacher = teacher_probs.max(0)
+        teacher_wrong, vlm_wrong = teacher != ref, y_text != ref
+        self.pixels += ref.numel()
+        unsure = confidence < cut
+        for key, mask in (("teacher_wrong_vlm_right", teacher_wrong & ~vlm_wrong),
+                          ("teacher_right_vlm_wrong", ~teacher_wrong & vlm_wrong)):
+            self.counts[f"{key}_confident"] += int((mask & ~unsure).sum())
+            self.counts[f"{key}_unsure"] += int((mask & unsure).sum())
+        self.counts["teacher_wrong_vlm_wrong"] += int((teacher_wrong & vlm_wrong).sum())
+
+    def summary(self) -> dict:
+        return {f"{key}_percent": 100 * n / self.pixels for key, n in self.counts.items()}
 
 
 class _Counts:
@@ -95,6 +121,8 @@ def compare_rules(teacher_models: List[str], vlm_model: str, cases: Dict[str, Li
     preprocessor = vlm.configuration_manager.preprocessor_class(verbose=False)
     num_classes = len(vlm.plans_manager.get_label_manager(vlm.dataset_json).foreground_labels)
     counts = {t: {r: _Counts(num_classes) for r in RULES} for t in teachers}
+    complementarity = {t: _Complementarity() for t in teachers}
+    cut = RULES["mean teacher"].confidence_threshold
     for case, files in sorted(cases.items()):
         data, ref, _ = preprocessor.run_case(files, references[case], vlm.plans_manager, vlm.configuration_manager,
                                              vlm.dataset_json)
@@ -104,8 +132,10 @@ def compare_rules(teacher_models: List[str], vlm_model: str, cases: Dict[str, Li
             teacher_probs = torch.softmax(t.teacher.predict_sliding_window_return_logits(data).float().cpu(), 0)
             for rule, target in rule_targets(teacher_probs, probs).items():
                 counts[name][rule].add(target, ref)
+            complementarity[name].add(teacher_probs, RULES["vote"].fuse(probs[None])[0], ref, cut)
     return {"cases": sorted(cases), "vlm": os.path.basename(vlm_model),
-            "results": {t: {r: c.summary() for r, c in rules.items()} for t, rules in counts.items()}}
+            "results": {t: {r: c.summary() for r, c in rules.items()} for t, rules in counts.items()},
+            "complementarity": {t: c.summary() for t, c in complementarity.items()}}
 
 
 def main() -> None:
@@ -128,6 +158,8 @@ def main() -> None:
             print(f"{teacher} | {rule} | supervised {s['supervised_percent']:.2f} % | wrong {s['wrong_percent']:.3f} % "
                   f"| level confusions {s['level_confusion_percent']:.3f} % | foreground precision "
                   f"{s['foreground_precision_percent']:.2f} %")
+    for teacher, c in result["complementarity"].items():
+        print(f"{teacher} | per cent of pixels: " + ", ".join(f"{k[:-8]} {v:.3f}" for k, v in c.items()))
     if args.o:
         with open(args.o, "w") as f:
             json.dump(result, f, indent=1)

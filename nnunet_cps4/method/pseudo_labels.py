@@ -12,6 +12,9 @@ pseudo-label analysis and `nnUNetv2_cps4_predict_vlm` use the same rule and a ch
    - "level_veto": the teacher's label and confidence stand, except where the teacher says one foreground class
      and a VLM map fires another one (a level confusion): there the pixel is left unsupervised. The VLM never
      relabels a pixel, never removes background or agreeing pixels, and never adds one the teacher is unsure of;
+   - "confirm": the opposite direction: the teacher's label and confidence stand, and a pixel the teacher is
+     unsure of (below the cut) is kept where the VLM's fused map names the same class (background: no map fires).
+     The VLM never removes or relabels a pixel; it only adds the ones it confirms;
 3. confidence cut: pixels whose winning vote, normalised by 1 + w ("vote"), or the teacher's own confidence
    ("level_veto") is below `confidence_threshold` are left unsupervised (the mean teacher applies the same cut to
    the teacher's own softmax); a vetoed pixel is left unsupervised even with the cut switched off.
@@ -25,7 +28,7 @@ import torch
 
 from nnunet_cps4.method.fusion import BINARIZE_METHODS, fuse_maps, labels_to_probabilities
 
-COMBINATIONS = ("vote", "level_veto")
+COMBINATIONS = ("vote", "level_veto", "confirm")
 VETOED = -1.0  # the confidence `refine` gives a vetoed pixel: `confident` drops it, also with the cut switched off
 
 # trainer attribute names under which checkpoints written before this object existed stored the rule
@@ -44,7 +47,7 @@ class PseudoLabelRule:
     silent_defers: bool = False          # where no class map fires, the teacher's label and confidence stand
     silent_text_ignored: bool = True     # in the y_text target, pixels where no map fires are unsupervised
     confidence_threshold: float = 0.9    # normalised vote below this: unsupervised (0 switches the cut off)
-    combination: str = "vote"            # how the VLM changes the teacher's label: "vote" | "level_veto" (above)
+    combination: str = "vote"            # how the VLM changes the teacher's label: "vote" | "level_veto" | "confirm"
 
     def __post_init__(self):
         if self.binarize_method not in BINARIZE_METHODS:
@@ -93,9 +96,11 @@ class PseudoLabelRule:
                          ) -> Tuple[torch.Tensor, torch.Tensor]:
         """`refine` from the VLM's vote (B, C + 1, *S) (`text_vote`, or a stored copy of it) instead of its
         probabilities."""
-        if self.combination == "level_veto":
+        if self.combination in ("level_veto", "confirm"):
             confidence, labels = teacher_probs.max(1, keepdim=True)
             fired = y_text.unsqueeze(1)
+            if self.combination == "confirm":  # an unsure pixel the VLM names alike passes the cut
+                return torch.where(fired == labels, torch.ones_like(confidence), confidence), labels
             confusion = (labels > 0) & (fired > 0) & (fired != labels)
             return torch.where(confusion, torch.full_like(confidence, VETOED), confidence), labels
         vote, labels = (teacher_probs + self.text_weight * vote).max(1, keepdim=True)
