@@ -128,11 +128,12 @@ def compare_rules(teacher_models: List[str], vlm_model: str, cases: Dict[str, Li
                                              vlm.dataset_json)
         data, ref = torch.from_numpy(data), torch.from_numpy(ref[0]).long()
         probs = vlm_probabilities(vlm.vlm, data)
+        y_text = RULES["vote"].fuse(probs[None])[0]  # the VLM's fused map, the same for every teacher
         for name, t in teachers.items():
             teacher_probs = torch.softmax(t.teacher.predict_sliding_window_return_logits(data).float().cpu(), 0)
             for rule, target in rule_targets(teacher_probs, probs).items():
                 counts[name][rule].add(target, ref)
-            complementarity[name].add(teacher_probs, RULES["vote"].fuse(probs[None])[0], ref, cut)
+            complementarity[name].add(teacher_probs, y_text, ref, cut)
     return {"cases": sorted(cases), "vlm": os.path.basename(vlm_model),
             "results": {t: {r: c.summary() for r, c in rules.items()} for t, rules in counts.items()},
             "complementarity": {t: c.summary() for t, c in complementarity.items()}}
@@ -159,7 +160,8 @@ def main() -> None:
                   f"| level confusions {s['level_confusion_percent']:.3f} % | foreground precision "
                   f"{s['foreground_precision_percent']:.2f} %")
     for teacher, c in result["complementarity"].items():
-        print(f"{teacher} | per cent of pixels: " + ", ".join(f"{k[:-8]} {v:.3f}" for k, v in c.items()))
+        print(f"{teacher} | per cent of pixels: " +
+              ", ".join(f"{k.removesuffix('_percent')} {v:.3f}" for k, v in c.items()))
     if args.o:
         with open(args.o, "w") as f:
             json.dump(result, f, indent=1)

@@ -16,8 +16,9 @@ pseudo-label analysis and `nnUNetv2_cps4_predict_vlm` use the same rule and a ch
      unsure of (below the cut) is kept where the VLM's fused map names the same class (background: no map fires).
      The VLM never removes or relabels a pixel; it only adds the ones it confirms;
 3. confidence cut: pixels whose winning vote, normalised by 1 + w ("vote"), or the teacher's own confidence
-   ("level_veto") is below `confidence_threshold` are left unsupervised (the mean teacher applies the same cut to
-   the teacher's own softmax); a vetoed pixel is left unsupervised even with the cut switched off.
+   ("level_veto", "confirm"; a confirmed pixel counts as certain) is below `confidence_threshold` are left
+   unsupervised (the mean teacher applies the same cut to the teacher's own softmax); a vetoed pixel is left
+   unsupervised even with the cut switched off.
 
 Everything is plain torch, batched, on the tensors' device, without autograd.
 """
